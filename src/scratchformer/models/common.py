@@ -1,0 +1,147 @@
+"""Pieces the three architectures share: embeddings, a block stack, the
+decoding cache, weight initialisation and input checks.
+
+Legend: B batch, T length, C model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.attention import KVCache
+from ..nn.blocks import Block, BlockSpec
+from ..nn.norm import build_norm
+from ..nn.positional import PositionalEncoding, build_positional
+from .config import TransformerConfig
+
+
+def block_spec(cfg: TransformerConfig) -> BlockSpec:
+    return BlockSpec(
+        d_model=cfg.d_model,
+        n_head=cfg.n_head,
+        d_ff=cfg.d_ff,
+        dropout=cfg.dropout,
+        activation=cfg.activation,
+        norm=cfg.norm,
+        norm_eps=cfg.norm_eps,
+        norm_first=cfg.norm_first,
+        use_mlp=cfg.use_mlp,
+        use_residual=cfg.use_residual,
+        bias=cfg.bias,
+        attn_impl=cfg.attn_impl,
+    )
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Normal(0, std) for Linear and Embedding weights, zero biases; norms keep (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class Embedder(nn.Module):
+    """Token embedding (optionally scaled by sqrt(C)), positions, dropout."""
+
+    def __init__(self, cfg: TransformerConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, cfg.d_model)
+        self.pos: PositionalEncoding = build_positional(
+            cfg.positional, d_model=cfg.d_model, n_head=cfg.n_head, max_len=cfg.max_len, **cfg.positional_options
+        )
+        self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        self.drop = nn.Dropout(cfg.dropout)
+        self.max_len = cfg.max_len
+
+    def forward(self, ids: Tensor, start: int = 0, position_ids: Tensor | None = None) -> Tensor:
+        """ids: (B, T) -> (B, T, C). ``start`` is the position of ids[:, 0]."""
+        T = ids.size(1)
+        check_ids(ids, self.tok.num_embeddings, "input_ids")
+        if start + T > self.max_len:
+            raise ValueError(
+                f"sequence length {start + T} exceeds the model's max_len={self.max_len}; "
+                f"shorten the input or build the model with a larger max_len"
+            )
+        x = self.tok(ids)  # (B, T, C)
+        if self.scale != 1.0:
+            x = x * self.scale
+        positions = position_ids if position_ids is not None else torch.arange(start, start + T, device=ids.device)
+        return self.drop(self.pos.embed(x, positions))
+
+
+def check_ids(ids: Tensor, vocab_size: int, name: str) -> None:
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
+        raise ValueError(f"{name} contains token id {bad}, outside the vocabulary [0, {vocab_size})")
+
+
+def check_mask(mask: Tensor | None, B: int, S: int, name: str) -> None:
+    if mask is not None and tuple(mask.shape) != (B, S):
+        raise ValueError(f"{name} must have shape ({B}, {S}) to cover every key position, got {tuple(mask.shape)}")
+
+
+@dataclass
+class ModelCache:
+    """Key/value caches of every layer: ``self_attn[i]`` grows by one entry per
+    decoded token; ``cross_attn[i]`` (encoder-decoder only) is filled once."""
+
+    self_attn: list[KVCache]
+    cross_attn: list[KVCache] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.self_attn[0].length if self.self_attn else 0
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` in every layer (beam search)."""
+        for c in self.self_attn + self.cross_attn:
+            c.reorder(index)
+
+
+class Stack(nn.Module):
+    """N blocks, then the final norm when the blocks are pre-norm."""
+
+    def __init__(self, cfg: TransformerConfig, n_layer: int, causal: bool, cross_attention: bool = False) -> None:
+        super().__init__()
+        spec = block_spec(cfg)
+        self.blocks = nn.ModuleList(Block(spec, causal, cross_attention) for _ in range(n_layer))
+        self.final_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if cfg.norm_first else nn.Identity()
+        self.causal = causal
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: PositionalEncoding,
+        start: int = 0,
+        key_padding: Tensor | None = None,
+        context: Tensor | None = None,
+        context_padding: Tensor | None = None,
+        cache: ModelCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[dict[str, Tensor]]]:
+        T = x.size(1)
+        S = start + T
+        rope = pos.rotary(start, T, x.device)
+        bias = pos.attention_bias(start, T, S, self.causal, x.device)
+        attentions = []
+        for i, block in enumerate(self.blocks):
+            x, w = block(
+                x,
+                key_padding=key_padding,
+                context=context,
+                context_padding=context_padding,
+                rope=rope,
+                bias=bias,
+                cache=cache.self_attn[i] if cache is not None else None,
+                cross_cache=cache.cross_attn[i] if cache is not None and cache.cross_attn else None,
+                need_weights=need_weights,
+            )
+            attentions.append(w)
+        return self.final_norm(x), attentions

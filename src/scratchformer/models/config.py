@@ -1,0 +1,156 @@
+"""Config dataclasses of the architectures. Each validates itself on creation,
+so a bad value is an error naming the field before any tensor is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..config import Config
+from ..errors import ConfigError
+from ..nn.feedforward import ACTIVATIONS
+from ..nn.norm import NORMS
+from ..nn.positional import POSITIONAL
+
+
+@dataclass
+class TransformerConfig(Config):
+    """Options shared by every Transformer stack.
+
+    The ablation ladder is a walk through four switches: ``use_mlp``,
+    ``positional`` ("none" to drop positions), ``norm`` ("none" to drop it)
+    and ``use_residual``; "deeper" is ``n_layer``.
+    """
+
+    vocab_size: int = 64
+    d_model: int = 128
+    n_head: int = 4
+    n_layer: int = 2
+    d_ff: int = 0  # 0 means 4 * d_model
+    max_len: int = 256
+    dropout: float = 0.0
+    positional: str = "learned"
+    positional_options: dict[str, Any] = field(default_factory=dict)
+    norm: str = "layernorm"
+    norm_eps: float | None = None  # None: the norm's own default
+    norm_first: bool = False  # False: post-norm (2017 paper); True: pre-norm (GPT-2)
+    activation: str = "relu"
+    use_mlp: bool = True
+    use_residual: bool = True
+    bias: bool = True
+    attn_impl: Literal["fused", "reference"] = "fused"
+    scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model)
+    tie_embeddings: bool = False
+    pad_token_id: int | None = None
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self._positive("vocab_size", "d_model", "n_head", "n_layer", "max_len")
+        if self.d_ff == 0:
+            self.d_ff = 4 * self.d_model
+        self._positive("d_ff")
+        if self.d_model % self.n_head:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
+                f"choose n_head among {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0][:8]}..."
+            )
+        self._probability("dropout")
+        self._choice("positional", POSITIONAL)
+        self._choice("norm", NORMS)
+        self._choice("activation", ACTIVATIONS)
+        self._choice("attn_impl", ["fused", "reference"])
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
+        if self.positional == "rope" and (self.d_model // self.n_head) % 2:
+            raise ConfigError(f"positional='rope' needs an even head width, got d_model/n_head={self.d_model // self.n_head}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+@dataclass
+class GPTConfig(TransformerConfig):
+    """Decoder-only language model; GPT-2's choices by default."""
+
+    norm_first: bool = True
+    activation: str = "gelu"
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+
+
+@dataclass
+class EncoderClassifierConfig(TransformerConfig):
+    """Encoder + pooling + linear head."""
+
+    num_classes: int = 2
+    pooling: Literal["last", "first", "mean"] = "last"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("num_classes")
+        self._choice("pooling", ["last", "first", "mean"])
+
+
+@dataclass
+class EncoderDecoderConfig(TransformerConfig):
+    """Encoder-decoder with separate source and target vocabularies.
+
+    ``vocab_size`` is unused (kept 1 by default); the decoder's start token is
+    ``decoder_start_token_id``, or, if None, an extra id ``tgt_vocab_size``
+    that exists only as a decoder input (never predicted).
+    """
+
+    vocab_size: int = 1
+    src_vocab_size: int = 64
+    tgt_vocab_size: int = 64
+    n_encoder_layer: int = 0  # 0 means n_layer
+    n_decoder_layer: int = 0  # 0 means n_layer
+    decoder_start_token_id: int | None = None
+    src_pad_token_id: int | None = None
+    tie_encoder_decoder_embeddings: bool = False  # needs equal vocabularies
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("src_vocab_size", "tgt_vocab_size")
+        self.n_encoder_layer = self.n_encoder_layer or self.n_layer
+        self.n_decoder_layer = self.n_decoder_layer or self.n_layer
+        self._positive("n_encoder_layer", "n_decoder_layer")
+        if self.decoder_start_token_id is not None and not 0 <= self.decoder_start_token_id < self.tgt_vocab_size:
+            raise ConfigError(
+                f"decoder_start_token_id={self.decoder_start_token_id} is outside the target vocabulary "
+                f"[0, {self.tgt_vocab_size}); leave it None to add a dedicated start token"
+            )
+        if self.tie_encoder_decoder_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ConfigError(
+                "tie_encoder_decoder_embeddings needs src_vocab_size == tgt_vocab_size, got "
+                f"{self.src_vocab_size} and {self.tgt_vocab_size}"
+            )
+
+    @property
+    def start_token_id(self) -> int:
+        return self.tgt_vocab_size if self.decoder_start_token_id is None else self.decoder_start_token_id
+
+
+@dataclass
+class MLPConfig(Config):
+    """Layers of Linear + ReLU (the PyTorch warm-up); no activation after the last layer."""
+
+    in_dim: int = 10
+    hidden_dims: list[int] = field(default_factory=lambda: [64])
+    out_dim: int = 1
+
+    def __post_init__(self) -> None:
+        self._positive("in_dim", "out_dim")
+        for i, h in enumerate(self.hidden_dims):
+            if not isinstance(h, int) or h <= 0:
+                raise ConfigError(f"MLPConfig.hidden_dims[{i}] must be a positive integer, got {h!r}")
+
+
+#: Named sizes: "tiny" for tests, the GPT-2 shapes for interop.
+GPT_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=32, n_head=2, n_layer=2, max_len=64),
+    "small": dict(d_model=128, n_head=4, n_layer=4, max_len=256),
+    "gpt2": dict(vocab_size=50257, d_model=768, n_head=12, n_layer=12, max_len=1024, activation="gelu_tanh"),
+    "gpt2-medium": dict(vocab_size=50257, d_model=1024, n_head=16, n_layer=24, max_len=1024, activation="gelu_tanh"),
+}

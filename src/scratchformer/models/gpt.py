@@ -1,0 +1,77 @@
+"""GPT: a decoder-only language model.
+
+Legend: B batch, T new positions, S all positions (cache + new), C width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn.attention import KVCache
+from .common import Embedder, ModelCache, Stack, check_mask, init_weights
+from .config import GPTConfig
+
+
+class GPT(nn.Module):
+    """Token + position embeddings, causal blocks, final norm, LM head.
+
+    ``model(input_ids) -> logits (B, T, V)``. With ``cache`` (from
+    ``new_cache()``) the call processes only the new tokens and extends the
+    cache; ``attention_mask`` must then cover cached and new positions.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = Embedder(config, config.vocab_size)
+        self.decoder = Stack(config, config.n_layer, causal=True)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        init_weights(self, config.init_std)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.tok.weight
+
+    def new_cache(self) -> ModelCache:
+        if not self.embed.pos.supports_cache:
+            raise ValueError(
+                f"positional={self.config.positional!r} gives a position an encoding that depends on the "
+                "sequence length, so it cannot decode with a key/value cache; pass use_cache=False"
+            )
+        return ModelCache([KVCache() for _ in self.decoder.blocks])
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: ModelCache | None = None,
+        output_attentions: bool = False,
+    ) -> Tensor | tuple[Tensor, list[dict[str, Tensor]]]:
+        """
+        Args:
+            input_ids: (B, T) token ids.
+            attention_mask: (B, S) 1 for real tokens, 0 for padding, or None.
+            position_ids: (B, T) positions for absolute encodings (left-padded
+                batches start each row at 0); default: start..start+T-1.
+            cache: a ``ModelCache`` to read and extend, or None.
+            output_attentions: also return per-layer {"self": (B, H, T, S)}.
+        Returns:
+            logits (B, T, V), and the attentions when asked.
+        """
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        check_mask(attention_mask, B, start + T, "attention_mask")
+        x = self.embed(input_ids, start, position_ids)  # (B, T, C)
+        x, attentions = self.decoder(
+            x, self.embed.pos, start, key_padding=attention_mask, cache=cache, need_weights=output_attentions
+        )
+        logits = self.lm_head(x)  # (B, T, V)
+        return (logits, attentions) if output_attentions else logits
+
+    def loss(self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Next-token cross-entropy; ``labels`` (B, T) aligned with input_ids, -100 ignored."""
+        logits = self(input_ids, attention_mask)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

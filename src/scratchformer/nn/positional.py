@@ -1,0 +1,222 @@
+"""Positional encodings, chosen by name from one registry.
+
+A scheme can act in up to three places, each a method with a do-nothing
+default, so the model never asks which scheme it holds:
+
+- ``embed(x, positions)``: add absolute encodings to the token embeddings
+  (learned, sinusoidal, sinusoidal_xl);
+- ``rotary(start, T)``: cos/sin tables that rotate queries and keys (rope);
+- ``attention_bias(start, T, S)``: a bias added to the attention scores (alibi).
+
+Legend: B batch, T new positions, S key positions, C model width, H heads,
+D head width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, unknown_name
+
+
+class PositionalEncoding(nn.Module):
+    """Base class: no positional information at all (the ``none`` scheme)."""
+
+    #: False when the encoding of a position depends on the sequence length,
+    #: which rules out incremental decoding with a key/value cache.
+    supports_cache = True
+
+    def __init__(self, *, d_model: int, n_head: int, max_len: int) -> None:
+        super().__init__()
+        self.d_model, self.n_head, self.max_len = d_model, n_head, max_len
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: (B, T, C); positions: (T,) or (B, T) absolute indices. Returns (B, T, C)."""
+        return x
+
+    def rotary(self, start: int, T: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
+        return None
+
+    def attention_bias(self, start: int, T: int, S: int, causal: bool, device: torch.device) -> Tensor | None:
+        return None
+
+
+class LearnedPositions(PositionalEncoding):
+    """A trained vector per position (GPT-2, BERT)."""
+
+    def __init__(self, *, d_model: int, n_head: int, max_len: int) -> None:
+        super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
+        self.weight = nn.Parameter(torch.empty(max_len, d_model))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        return x + self.weight[positions]  # (B, T, C)
+
+
+def vaswani_table(max_len: int, d_model: int, base: float = 10000.0) -> Tensor:
+    """PE[pos, 2i] = sin(pos / base^(2i/C)), PE[pos, 2i+1] = cos(pos / base^(2i/C))."""
+    pos = torch.arange(max_len, dtype=torch.float64)[:, None]  # (L, 1)
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (C/2,)
+    angle = pos / base ** (two_i / d_model)  # (L, C/2)
+    table = torch.zeros(max_len, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle)
+    table[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return table.float()  # (L, C)
+
+
+class SinusoidalPositions(PositionalEncoding):
+    """The fixed sine/cosine table of "Attention Is All You Need" (sin on even, cos on odd dims)."""
+
+    def __init__(self, *, d_model: int, n_head: int, max_len: int, base: float = 10000.0) -> None:
+        super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
+        self.register_buffer("table", vaswani_table(max_len, d_model, base), persistent=False)
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        return x + self.table[positions].to(x.dtype)  # (B, T, C)
+
+
+def sinusoid_position_encoding(
+    sequence_length: int,
+    hidden_size: int,
+    memory_length: int = 0,
+    max_timescale: float = 1e4,
+    min_timescale: float = 2.0,
+    clamp_length: int = 0,
+    causal: bool = False,
+) -> np.ndarray:
+    """Transformer-XL style table as in DeepMind's neural_networks_chomsky_hierarchy.
+
+    Positions run *downwards*: L+M, L+M-1, ..., 1 when ``causal`` (L + M rows),
+    and L+M, ..., -L+1 otherwise (2L + M rows), optionally clipped to
+    [-clamp_length, clamp_length]. Frequencies are max_timescale^(-f/C) for
+    f = 0, min_timescale, 2*min_timescale, ...; the sines of all frequencies
+    come first, then the cosines (concatenated, not interleaved).
+    Returns an array of shape (rows, 2 * ceil(C / min_timescale)).
+    """
+    freqs = np.arange(0, hidden_size, min_timescale)
+    inv_freq = max_timescale ** (-freqs / hidden_size)  # (C/2,)
+    stop = 0 if causal else -sequence_length
+    pos_seq = np.arange(sequence_length + memory_length, stop, -1.0)  # (rows,)
+    if clamp_length:
+        pos_seq = np.clip(pos_seq, -clamp_length, clamp_length)
+    angles = np.einsum("i,j->ij", pos_seq, inv_freq)  # (rows, C/2)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
+
+
+class SinusoidalXLPositions(PositionalEncoding):
+    """``sinusoid_position_encoding`` added to the token embeddings.
+
+    A sequence of length T receives the first T rows of the table built for
+    length T. With ``causal=True`` and no memory (the chomsky-hierarchy
+    default) that is the whole table: position t gets the encoding of T - t,
+    so a token's encoding depends on the sequence length. Hence no key/value
+    cache for this scheme (``supports_cache = False``).
+    """
+
+    supports_cache = False
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_head: int,
+        max_len: int,
+        max_timescale: float = 1e4,
+        min_timescale: float = 2.0,
+        memory_length: int = 0,
+        clamp_length: int = 0,
+        causal: bool = True,
+    ) -> None:
+        super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
+        if d_model % 2:
+            raise ConfigError(f"sinusoidal_xl needs an even d_model, got d_model={d_model}")
+        if min_timescale != 2.0:
+            # the table's width is 2 * ceil(C / min_timescale); only 2 matches C
+            raise ConfigError(f"sinusoidal_xl needs min_timescale=2 to match d_model, got {min_timescale}")
+        self.options = dict(
+            max_timescale=max_timescale,
+            min_timescale=min_timescale,
+            memory_length=memory_length,
+            clamp_length=clamp_length,
+            causal=causal,
+        )
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        T = x.size(1)
+        table = sinusoid_position_encoding(T, self.d_model, **self.options)[:T]  # (T, C)
+        return x + torch.from_numpy(table).to(x.device, x.dtype)
+
+
+class RotaryPositions(PositionalEncoding):
+    """RoPE: rotate each (i, i + D/2) pair of query/key dimensions by pos * base^(-2i/D).
+
+    Scores q_m . k_n then depend on positions only through m - n.
+    """
+
+    def __init__(self, *, d_model: int, n_head: int, max_len: int, base: float = 10000.0) -> None:
+        super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
+        D = d_model // n_head
+        if D % 2:
+            raise ConfigError(f"rope needs an even head width, got d_model/n_head={D}")
+        inv_freq = base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # (D/2,)
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq  # (L, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (L, D)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def rotary(self, start: int, T: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        return self.cos[start : start + T], self.sin[start : start + T]  # 2 x (T, D)
+
+
+def alibi_slopes(n_head: int) -> Tensor:
+    """Head slopes of ALiBi: 2^(-8/n), 2^(-16/n), ... for n a power of two;
+    otherwise the slopes of the next lower power of two, then every other
+    slope of the next higher one (Press et al., 2022)."""
+
+    def powers(n: int) -> list[float]:
+        start = 2 ** (-8 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_head).is_integer():
+        return torch.tensor(powers(n_head))
+    lower = 2 ** math.floor(math.log2(n_head))
+    extra = powers(2 * lower)[0::2][: n_head - lower]
+    return torch.tensor(powers(lower) + extra)
+
+
+class ALiBiPositions(PositionalEncoding):
+    """ALiBi: no embedding; each head adds -slope * distance to its scores."""
+
+    def __init__(self, *, d_model: int, n_head: int, max_len: int) -> None:
+        super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
+        self.register_buffer("slopes", alibi_slopes(n_head), persistent=False)
+
+    def attention_bias(self, start: int, T: int, S: int, causal: bool, device: torch.device) -> Tensor:
+        q = torch.arange(start, start + T, device=device)[:, None]  # (T, 1)
+        k = torch.arange(S, device=device)[None, :]  # (1, S)
+        distance = (q - k).abs().float()  # (T, S); only k <= q survive a causal mask
+        return -self.slopes.to(device)[:, None, None] * distance  # (H, T, S)
+
+
+POSITIONAL: dict[str, type[PositionalEncoding]] = {
+    "none": PositionalEncoding,
+    "learned": LearnedPositions,
+    "sinusoidal": SinusoidalPositions,
+    "sinusoidal_xl": SinusoidalXLPositions,
+    "rope": RotaryPositions,
+    "alibi": ALiBiPositions,
+}
+
+
+def build_positional(name: str, *, d_model: int, n_head: int, max_len: int, **options) -> PositionalEncoding:
+    """Build the scheme registered under ``name``; unknown names and options are errors."""
+    if name not in POSITIONAL:
+        raise unknown_name("positional encoding", name, POSITIONAL)
+    try:
+        return POSITIONAL[name](d_model=d_model, n_head=n_head, max_len=max_len, **options)
+    except TypeError as e:
+        raise ConfigError(f"bad option for positional encoding {name!r}: {e}") from None
