@@ -110,6 +110,13 @@ class EncoderDecoder(nn.Module):
             return logits, {"decoder": dec_att}
         return logits
 
+    def generate(self, input_ids: Tensor | None = None, *, encoder_input_ids: Tensor, **kwargs):
+        """Decode targets for ``encoder_input_ids``; ``input_ids`` optionally forces a
+        decoder prefix. See ``scratchformer.generate.generate``."""
+        from ..generate import generate
+
+        return generate(self, input_ids, encoder_input_ids=encoder_input_ids, **kwargs)
+
     def loss(self, encoder_input_ids: Tensor, labels: Tensor, encoder_attention_mask: Tensor | None = None) -> Tensor:
         logits = self(encoder_input_ids, labels=labels, encoder_attention_mask=encoder_attention_mask)
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)

@@ -73,5 +73,12 @@ class GPT(nn.Module):
         logits = self(input_ids, attention_mask)
         return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
 
+    def generate(self, input_ids: Tensor, **kwargs):
+        """Decode new tokens after ``input_ids``; see ``scratchformer.generate.generate``
+        (Hugging Face argument names: max_new_tokens, do_sample, top_k, num_beams, ...)."""
+        from ..generate import generate
+
+        return generate(self, input_ids, **kwargs)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
