@@ -75,16 +75,37 @@ class Embedder(nn.Module):
 
 
 def check_ids(ids: Tensor, vocab_size: int, name: str) -> None:
+    """Raise unless ``ids`` is an integer tensor with every id in [0, vocab_size).
+
+    One pass over the ids (``aminmax``). Skipped inside ``torch.compile``, where
+    reading the values would break the graph (the embedding lookup still fails
+    on a bad id there, with torch's less specific message).
+    """
     if ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        bad = int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())
+    if ids.numel() == 0 or torch.compiler.is_compiling():
+        return
+    lo, hi = (int(v) for v in torch.aminmax(ids))
+    if lo < 0 or hi >= vocab_size:
+        bad = hi if hi >= vocab_size else lo
         raise ValueError(f"{name} contains token id {bad}, outside the vocabulary [0, {vocab_size})")
 
 
 def check_mask(mask: Tensor | None, B: int, S: int, name: str) -> None:
     if mask is not None and tuple(mask.shape) != (B, S):
         raise ValueError(f"{name} must have shape ({B}, {S}) to cover every key position, got {tuple(mask.shape)}")
+
+
+def drop_full_mask(mask: Tensor | None) -> Tensor | None:
+    """``None`` when the (B, S) padding mask marks every position real, else ``mask``.
+
+    Masking nothing is the same as having no mask, and without one causal
+    self-attention takes SDPA's ``is_causal`` kernel instead of building and
+    applying a (B, 1, T, S) boolean mask. On a GPU the test costs one host sync.
+    """
+    if mask is not None and bool(mask.all()):
+        return None
+    return mask
 
 
 @dataclass

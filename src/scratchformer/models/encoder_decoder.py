@@ -32,7 +32,8 @@ class EncoderDecoder(nn.Module):
         self.tgt_embed = Embedder(config, config.tgt_vocab_size + extra)
         self.encoder = Stack(config, config.n_encoder_layer, causal=False)
         self.decoder = Stack(config, config.n_decoder_layer, causal=True, cross_attention=True)
-        self.lm_head = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
+        # tied: logits reuse the target embedding rows, so there is no separate head
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
         init_weights(self, config.init_std)
         if config.tie_encoder_decoder_embeddings:
             self.tgt_embed.tok.weight = self.src_embed.tok.weight
@@ -72,10 +73,10 @@ class EncoderDecoder(nn.Module):
             cache=cache,
             need_weights=output_attentions,
         )
-        if self.config.tie_embeddings:  # output projection shares the target embedding rows
-            logits = F.linear(x, self.tgt_embed.tok.weight[: self.config.tgt_vocab_size])
+        if self.lm_head is None:  # tied: the output projection is the target embedding
+            logits = F.linear(x, self.tgt_embed.tok.weight[: self.config.tgt_vocab_size])  # (B, T, V)
         else:
-            logits = self.lm_head(x)
+            logits = self.lm_head(x)  # (B, T, V)
         return logits, attentions
 
     def forward(

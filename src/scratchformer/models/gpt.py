@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.attention import KVCache
-from .common import Embedder, ModelCache, Stack, check_mask, init_weights
+from .common import Embedder, ModelCache, Stack, check_mask, drop_full_mask, init_weights
 from .config import GPTConfig
 
 
@@ -61,6 +61,7 @@ class GPT(nn.Module):
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
         check_mask(attention_mask, B, start + T, "attention_mask")
+        attention_mask = drop_full_mask(attention_mask)  # no padding: the fused causal path
         x = self.embed(input_ids, start, position_ids)  # (B, T, C)
         x, attentions = self.decoder(
             x, self.embed.pos, start, key_padding=attention_mask, cache=cache, need_weights=output_attentions
