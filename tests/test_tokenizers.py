@@ -411,3 +411,9 @@ def test_gpt2_files_errors(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
     with pytest.raises(DataError, match=str(tmp_path)):
         BPETokenizer.from_gpt2_files(tmp_path)
+
+
+@pytest.mark.parametrize("corpus", [[], [""], ["  \n "]])
+def test_bpe_train_rejects_an_empty_corpus(corpus):
+    with pytest.raises(DataError, match="empty corpus"):
+        BPETokenizer.train(corpus, vocab_size=300)

@@ -344,7 +344,11 @@ class DifferenceSignConfig(TaskConfig):
                         f"(one digit, the '-', one digit); use lengths >= 3"
                     )
                 if self.base ** (length - 2) > _INT64_MAX // 2:
-                    raise ConfigError(f"{name} holds {length}, too long for base {self.base} in int64 arithmetic")
+                    longest_ok = max(n for n in range(3, 200) if self.base ** (n - 2) <= _INT64_MAX // 2)
+                    raise ConfigError(
+                        f"{name} holds {length}, too long for base {self.base} in int64 arithmetic; "
+                        f"use lengths <= {longest_ok}"
+                    )
         longest = max(self.train_lengths + self.test_lengths)
         if self.max_length is None:
             self.max_length = longest + 1
@@ -509,7 +513,11 @@ class AdditionSeq2SeqConfig(TaskConfig):
                         f"(one digit, the '+', one digit); use lengths >= 3"
                     )
                 if self.base ** (length - 2) > _INT64_MAX // 2:
-                    raise ConfigError(f"{name} holds {length}, too long for base {self.base} in int64 arithmetic")
+                    longest_ok = max(n for n in range(3, 200) if self.base ** (n - 2) <= _INT64_MAX // 2)
+                    raise ConfigError(
+                        f"{name} holds {length}, too long for base {self.base} in int64 arithmetic; "
+                        f"use lengths <= {longest_ok}"
+                    )
 
 
 @register_task("addition_seq2seq")

@@ -124,8 +124,9 @@ class BPETokenizer(Tokenizer):
             )
         if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
             raise ConfigError(f"min_frequency={min_frequency!r} must be a positive int")
-        if isinstance(texts, str):
-            texts = [texts]
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not any(isinstance(t, str) and t.strip() for t in texts):
+            raise DataError("cannot train a BPETokenizer on an empty corpus (no non-whitespace text); pass texts with content")
         hf = _byte_level_pipeline(models.BPE())
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

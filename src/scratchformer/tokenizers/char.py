@@ -109,7 +109,7 @@ class CharTokenizer(Tokenizer):
                 raise DataError(f"corpus item {index} is a {type(text).__name__}, not a str")
             counts.update(text.lower() if lower else text)
         if not counts:
-            raise DataError("cannot fit a CharTokenizer on an empty corpus (it has no characters)")
+            raise DataError("cannot fit a CharTokenizer on an empty corpus (it has no characters); pass at least one non-empty text")
         # sorted() is stable, so equal counts keep first-appearance order.
         ordered = sorted(counts, key=lambda c: counts[c], reverse=True)
         if num_words is not None and len(ordered) > num_words:
