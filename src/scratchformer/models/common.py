@@ -101,7 +101,8 @@ def drop_full_mask(mask: Tensor | None) -> Tensor | None:
 
     Masking nothing is the same as having no mask, and without one causal
     self-attention takes SDPA's ``is_causal`` kernel instead of building and
-    applying a (B, 1, T, S) boolean mask. On a GPU the test costs one host sync.
+    applying a (B, 1, T, S) boolean mask. On a GPU the test costs one host sync,
+    and under ``torch.compile`` one graph break.
     """
     if mask is not None and bool(mask.all()):
         return None
