@@ -1,0 +1,407 @@
+"""The ``scratchformer`` command: train, eval, generate.
+
+Every subcommand has ``--help`` with examples. A bad input (a missing run
+directory, an unknown config key, an impossible value) prints one line
+``scratchformer: error: ...`` and exits with status 2; a run stopped by a
+non-finite loss exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ScratchformerError
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+TRAIN_EPILOG = """\
+examples:
+  scratchformer train
+      the default: a small GPT learns 1-3 digit addition (answer reversed) in about two minutes on a CPU
+  scratchformer train configs/addition_gpt.toml train.steps=3000 name=longer
+  scratchformer train model.n_layer=4 task.max_digits=4 train.lr=1e-3 seed=1
+  scratchformer train model.arch=encoder_classifier task.name=difference_sign train.steps=500
+  scratchformer train --resume runs/longer            continue a killed or finished run
+  torchrun --nproc_per_node=2 -m scratchformer train train.batch_size=256      data parallel
+
+overrides are key=value with dotted keys in the sections model.*, task.*, train.*, and seed, name;
+values are JSON literals (4, 1e-3, true, [3, 4], null) or else strings. An unknown key is an error
+with a did-you-mean. `--print-config` shows the resulting config (model and task fields left out
+take their class defaults or are filled in from the task; config.json in the run directory has them all).
+"""
+
+EVAL_EPILOG = """\
+examples:
+  scratchformer eval runs/20250101-120000
+  scratchformer eval runs/addition --split test --best
+"""
+
+GENERATE_EPILOG = """\
+examples:
+  scratchformer generate runs/addition "123+456="
+  scratchformer generate runs/shakespeare "ROMEO:" --max-new-tokens 200 --do-sample --temperature 0.8 --top-p 0.9
+  scratchformer generate runs/shakespeare "ROMEO:" --num-beams 4
+
+For a reversed-answer arithmetic run the answer is shown un-reversed (and said so).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="scratchformer",
+        description="scratchformer: a from-scratch Transformer workbench. Train, evaluate and sample from models.",
+        epilog="run `scratchformer <command> --help` for a command's options and examples",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO level)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress details (INFO level)")
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: GPT on reversed-answer addition)",
+        description="Train a model on a task. With no arguments: the embedded default experiment, a small GPT "
+        "learning 1-3 digit addition with the answer written least-significant digit first.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    p.add_argument("items", nargs="*", metavar="CONFIG_OR_KEY=VALUE",
+                   help="an optional config file (.toml or .json) followed by key=value overrides")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest complete checkpoint "
+                   "(overrides may change train.* options, e.g. train.steps)")
+    p.add_argument("--run-dir", metavar="DIR", help="write the run here (default: train.out_dir/<name or timestamp>)")
+    p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run directory on its task's evaluation splits",
+        description="Evaluate a trained run on its task's evaluation splits and print a table of metrics "
+        "(loss, token accuracy, exact match, accuracy, perplexity, as the task defines).",
+        epilog=EVAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `scratchformer train`")
+    p.add_argument("--split", action="append", help="evaluate this split (repeatable; default: the test split)")
+    p.add_argument("--best", action="store_true", help="use best.safetensors instead of model.safetensors")
+    p.add_argument("--max-examples", type=int, default=0,
+                   help="cap on evaluated examples (per problem length when tabulated by length; 0: all)")
+    p.add_argument("--batch-size", type=int, default=512, help="evaluation batch size")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+
+    p = sub.add_parser(
+        "generate",
+        help="generate text from a trained run",
+        description="Tokenize PROMPT, decode new tokens with the run's model, and print the text.",
+        epilog=GENERATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `scratchformer train`")
+    p.add_argument("prompt", metavar="PROMPT", help='the prompt text, e.g. "123+456="')
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to add (default: up to the model's max_len, at most 64)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with probability >= p")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
+    p.add_argument("--num-return-sequences", type=int, default=1, help="how many continuations to print")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeating tokens")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--best", action="store_true", help="use best.safetensors instead of model.safetensors")
+    p.add_argument("--raw", action="store_true", help="print the model's output as is (no un-reversing)")
+    return parser
+
+
+# ---------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import RunConfig, apply_overrides, load_config_file, merge, DEFAULT_RUN
+    from .train.run import read_run_config
+    from .train.trainer import train
+
+    items = list(args.items)
+    config_file = None
+    if items and "=" not in items[0]:
+        config_file = items.pop(0)
+    for item in items:
+        if "=" not in item:
+            raise _usage(f"{item!r} is neither a key=value override nor (in first position) a config file")
+    if args.resume:
+        if config_file is not None:
+            raise _usage("--resume takes the config from the run directory; pass only key=value overrides")
+        data = read_run_config(args.resume).to_dict()
+    else:
+        data = json.loads(json.dumps(DEFAULT_RUN))
+        if config_file is not None:
+            data = merge(data, load_config_file(config_file))
+    cfg = RunConfig.from_dict(apply_overrides(data, items))
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        return 0
+    run_dir = args.resume or args.run_dir
+    result = train(cfg, run_dir=run_dir, resume=bool(args.resume))
+    if result.metrics is not None and _is_main():
+        print(format_results(result.metrics, title=f"results after {result.step} steps ({result.elapsed_s:.0f} s of training)"))
+        if result.best:
+            print(f"best {result.best['metric']} on {result.best['split']}: {result.best['value']:.4f} at step {result.best['step']}")
+        print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+METRIC_ORDER = ("loss", "exact_match", "accuracy", "token_accuracy", "perplexity", "examples")
+
+
+def format_results(metrics: dict[str, dict[str, float]], title: str = "") -> str:
+    """A plain-text table: one row per split, one column per metric."""
+    columns = [m for m in METRIC_ORDER if any(m in row for row in metrics.values())]
+    columns += sorted({k for row in metrics.values() for k in row} - set(columns))
+    header = ["split", *columns]
+    rows = []
+    for split, row in metrics.items():
+        cells = [split]
+        for c in columns:
+            v = row.get(c)
+            if v is None:
+                cells.append("-")
+            elif c == "examples":
+                cells.append(f"{int(v)}")
+            elif c in ("exact_match", "accuracy", "token_accuracy"):
+                cells.append(f"{100 * v:.2f}%")
+            else:
+                cells.append(f"{v:.4f}")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [title] if title else []
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from .train.run import load_run, read_run_config
+
+    read_run_config(args.run_dir)  # a clear error for a missing/foreign directory first
+    if args.max_examples < 0 or args.batch_size <= 0:
+        raise _usage("--max-examples must be >= 0 and --batch-size > 0")
+    weights = "best" if args.best else "model"
+    if importlib.util.find_spec("scratchformer.evaluate") is not None:
+        from . import evaluate as ev
+
+        if hasattr(ev, "evaluate_run"):  # teacher-forced metrics + generation accuracy by length + plot
+            for split in args.split or [None]:
+                report = ev.evaluate_run(args.run_dir, split=split, weights=weights, batch_size=args.batch_size,
+                                         max_per_length=args.max_examples or None)
+                _print_eval_report(report, Path(args.run_dir), args.json)
+            return 0
+    run = load_run(args.run_dir, weights=weights)
+    task = run.build_task()
+    from .train.trainer import eval_splits, evaluate_split
+
+    splits = args.split or eval_splits(task)
+    for s in splits:
+        task.check_split(s)
+    metrics = {s: evaluate_split(run.model, task, s, batch_size=args.batch_size, max_examples=args.max_examples)
+               for s in splits}
+    _print_report(metrics, args.json)
+    return 0
+
+
+def _print_eval_report(report: dict[str, Any], run_dir: Path, as_json: bool) -> None:
+    """Print what ``scratchformer.evaluate.evaluate_run`` returned."""
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return
+    split = report.get("split", "?")
+    if report.get("metrics"):
+        print(format_results({split: report["metrics"]}, title=f"{report.get('task', '')} {split} (teacher-forced)"))
+    table = report.get("by_length")
+    if table:
+        from .evaluate import LengthTable
+
+        print(f"\naccuracy by length, {split} (generated answers):")
+        print(LengthTable.from_dict(table).to_markdown())
+    if report.get("plot"):
+        print(f"plot: {run_dir / report['plot']}")
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if hasattr(report, "to_dict"):
+        report = report.to_dict()
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    elif isinstance(report, dict) and report and all(isinstance(v, dict) for v in report.values()) and all(
+        all(isinstance(x, (int, float)) for x in v.values()) for v in report.values()
+    ):
+        print(format_results(report))
+    elif hasattr(report, "to_markdown"):
+        print(report.to_markdown())
+    else:
+        print(report if isinstance(report, str) else json.dumps(report, indent=2, sort_keys=True, default=str))
+
+
+# ---------------------------------------------------------------------- generate
+_ARITH = re.compile(r"^(<BOS>)?(\d+)([+\-*])(\d+)=$")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .errors import ConfigError
+    from .train.run import load_run, read_run_config
+
+    read_run_config(args.run_dir)
+    run = load_run(args.run_dir, weights="best" if args.best else "model")
+    if run.arch not in ("gpt", "encoder_decoder"):
+        raise ConfigError(f"generate needs a 'gpt' or 'encoder_decoder' run; {args.run_dir} is {run.arch!r}")
+    tok = run.tokenizer
+    if tok is None:
+        raise ConfigError(f"{args.run_dir} has no tokenizer.json, so text prompts cannot be encoded")
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    task_cfg = run.config.task
+    prompt = normalise_arithmetic_prompt(args.prompt, task_cfg)
+    ids = tok.encode(prompt)
+    info = _task_info(run.run_dir)
+    if run.arch == "gpt" and info.get("bos_first") and tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id):
+        ids = [tok.bos_token_id, *ids]
+    if not ids:
+        raise ConfigError("the prompt encodes to no tokens; give some text")
+    x = torch.tensor([ids], dtype=torch.long)
+    options: dict[str, Any] = {
+        "do_sample": args.do_sample,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "num_beams": args.num_beams,
+        "num_return_sequences": args.num_return_sequences,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    if args.repetition_penalty is not None:
+        options["repetition_penalty"] = args.repetition_penalty
+    options = {k: v for k, v in options.items() if v is not None}
+    model = run.model
+    if run.arch == "gpt":
+        room = model.config.max_len - len(ids)
+        if room <= 0:
+            raise ConfigError(f"the prompt has {len(ids)} tokens; the model's max_len is {model.config.max_len}")
+        options["max_new_tokens"] = args.max_new_tokens if args.max_new_tokens is not None else min(64, room)
+        out = model.generate(x, **options)
+        new = [row[len(ids):] for row in out.tolist()]
+    elif run.arch == "encoder_decoder":
+        options["max_new_tokens"] = args.max_new_tokens if args.max_new_tokens is not None else min(64, model.config.max_len - 1)
+        out = model.generate(encoder_input_ids=x, **options)
+        new = [row[1:] for row in out.tolist()]  # drop the start token
+    else:
+        raise ConfigError(f"generate needs a 'gpt' or 'encoder_decoder' run; {args.run_dir} is {run.arch!r}")
+    shown_prompt = tok.decode(ids, skip_special_tokens=True)
+    for row in new:
+        if tok.eos_token_id is not None and tok.eos_token_id in row:
+            row = row[: row.index(tok.eos_token_id)]
+        text = tok.decode(row, skip_special_tokens=True)
+        if not args.raw and task_cfg.get("reverse_answer") and _ARITH.match(prompt):
+            plain = unreverse_answer(text, str(task_cfg.get("operator", "+")))
+            print(f"{shown_prompt}{plain}")
+            print(f"(the model writes the answer reversed, least-significant digit first: {text!r}; shown un-reversed)")
+        elif run.arch == "gpt":
+            print(f"{shown_prompt}{text}")
+        else:
+            print(text)
+    return 0
+
+
+def normalise_arithmetic_prompt(prompt: str, task_cfg: dict[str, Any]) -> str:
+    """For the GPT arithmetic format, zero-pad both operands to one width: the longer operand's, and at
+    least the task's ``min_digits`` (``12+5=`` -> ``12+05=``; ``-> 012+005=`` when every problem has 3 digits)."""
+    m = _ARITH.match(prompt.strip())
+    if task_cfg.get("name") != "addition_gpt" or not m:
+        return prompt
+    bos, a, op, b = m.group(1) or "", m.group(2), m.group(3), m.group(4)
+    width = max(len(a), len(b), int(task_cfg.get("min_digits") or 0))  # fixed-width runs pad to min_digits
+    if task_cfg.get("reverse_operands"):
+        a, b = a[::-1], b[::-1]
+        return f"{bos}{a.ljust(width, '0')}{op}{b.ljust(width, '0')}="
+    return f"{bos}{a.zfill(width)}{op}{b.zfill(width)}="
+
+
+def unreverse_answer(text: str, operator: str) -> str:
+    """The reversed answer written most-significant digit first, leading zeros dropped
+    (for ``-`` the first character is the sign slot and stays first)."""
+    if operator == "-" and text:
+        sign, digits = text[0], text[1:][::-1].lstrip("0") or "0"
+        return f"-{digits}" if sign == "-" else digits
+    return text[::-1].lstrip("0") or "0"
+
+
+def _task_info(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "task.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+# ---------------------------------------------------------------------- entry point
+class _UsageError(ScratchformerError):
+    pass
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 training failed, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from .train.trainer import NonFiniteLossError
+
+    try:
+        return COMMANDS[args.command](args)
+    except NonFiniteLossError as e:
+        print(f"scratchformer {args.command}: training stopped: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except ScratchformerError as e:
+        print(f"scratchformer {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"scratchformer {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

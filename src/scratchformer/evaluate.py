@@ -1,0 +1,606 @@
+"""Evaluation: token metrics, autoregressive accuracy by problem length, whole runs.
+
+Metrics on tensors (no model needed):
+
+- :func:`token_accuracy` — argmax == label over the positions that carry a
+  label (label != -100, and != ``pad_token_id`` when given);
+- :func:`token_accuracy_all_positions` — tutorial 000's ``accuracy_fn``: the
+  mean of argmax == label over *every* position of the target, format
+  padding included;
+- :func:`exact_match`, :func:`classification_accuracy`, :func:`perplexity`.
+
+Autoregressive evaluation (the model generates, a verifier checks):
+
+- :func:`evaluate_by_length` — greedy (or beam) decoding of every problem of
+  a split, grouped by problem length: exact match (by the task's verifier)
+  and token accuracy of the generated answer, with each length marked
+  in-distribution (a training length) or not;
+- :func:`top_at_n_accuracy` — the fraction of problems for which any of n
+  samples is right;
+- :func:`evaluate_run` — load a run directory, evaluate, write ``eval.json``
+  and ``plots/accuracy_by_length.png``.
+
+The core functions take ``(model, task)`` (the tokenizer is the task's unless
+given), so they do not depend on the trainer.
+
+Legend: B batch, T length, V vocabulary, K classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import save_json
+from .errors import CheckpointError, ConfigError, DataError
+from .generate import best_of_n, generate
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+# ---------------------------------------------------------------------------- tensor metrics
+def _predictions(logits_or_ids: Tensor, labels: Tensor) -> Tensor:
+    """argmax over the last dim when given logits (one more dim than labels), else the ids themselves."""
+    if logits_or_ids.dim() == labels.dim() + 1:
+        return logits_or_ids.argmax(dim=-1)
+    if logits_or_ids.shape != labels.shape:
+        raise DataError(
+            f"predictions {tuple(logits_or_ids.shape)} do not match labels {tuple(labels.shape)}; pass logits "
+            "(..., V) or ids of the labels' shape"
+        )
+    return logits_or_ids
+
+
+def _shifted(logits: Tensor, labels: Tensor, shift: bool) -> tuple[Tensor, Tensor]:
+    """GPT's Hugging Face convention: logits[:, t] predicts labels[:, t + 1]."""
+    if not shift:
+        return logits, labels
+    return logits[:, :-1], labels[:, 1:]
+
+
+def token_accuracy(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    shift: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+    pad_token_id: int | None = None,
+) -> float:
+    """Fraction of labelled positions where the prediction equals the label.
+
+    Args:
+        logits: (B, T, V) logits, or (B, T) predicted ids.
+        labels: (B, T) targets; positions equal to ``ignore_index`` (and to
+            ``pad_token_id`` when given) are not counted.
+        shift: True for GPT batches with Hugging Face labels (aligned with
+            the inputs): compare logits[:, :-1] with labels[:, 1:].
+    Returns:
+        a float in [0, 1]; NaN when no position is labelled.
+    """
+    logits, labels = _shifted(logits, labels, shift)
+    pred = _predictions(logits, labels)
+    keep = labels != ignore_index
+    if pad_token_id is not None:
+        keep &= labels != pad_token_id
+    n = int(keep.sum())
+    return float(((pred == labels) & keep).sum()) / n if n else math.nan
+
+
+def token_accuracy_all_positions(logits: Tensor, labels: Tensor, *, shift: bool = False) -> float:
+    """Tutorial 000's sequence accuracy: mean of (argmax == label) over every position.
+
+    Nothing is masked: the seq2seq adder's targets are fixed-format (sum,
+    ``#``, then zeros up to the length), and the zeros count like any other
+    position. A label of -100 can never match, so it counts as a miss; use
+    :func:`token_accuracy` to skip such positions.
+    """
+    logits, labels = _shifted(logits, labels, shift)
+    pred = _predictions(logits, labels)
+    return float((pred == labels).float().mean()) if labels.numel() else math.nan
+
+
+def exact_match(
+    predictions: Tensor | Sequence[Any], references: Tensor | Sequence[Any], *, ignore_index: int = IGNORE_INDEX
+) -> float:
+    """Fraction of rows predicted exactly.
+
+    Tensors: predictions (B, T) ids or (B, T, V) logits against labels (B, T);
+    a row matches when every position with a label (!= ignore_index) matches.
+    Rows without any label do not match. Sequences (e.g. strings): plain equality.
+    """
+    if isinstance(references, Tensor):
+        pred = _predictions(predictions, references)
+        keep = references != ignore_index
+        rows_ok = ((pred == references) | ~keep).all(dim=-1) & keep.any(dim=-1)
+        return float(rows_ok.float().mean()) if references.size(0) else math.nan
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references):
+        raise DataError(f"{len(predictions)} predictions but {len(references)} references")
+    return sum(p == r for p, r in zip(predictions, references)) / len(references) if references else math.nan
+
+
+def classification_accuracy(logits: Tensor, labels: Tensor) -> float:
+    """logits (B, K) or predicted classes (B,), labels (B,) -> fraction right."""
+    pred = _predictions(logits, labels)
+    return float((pred == labels).float().mean()) if labels.numel() else math.nan
+
+
+def perplexity(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    shift: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+    pad_token_id: int | None = None,
+) -> float:
+    """exp(mean token cross-entropy) over the labelled positions (ignore_index and pad excluded).
+
+    logits (B, T, V), labels (B, T); ``shift`` as in :func:`token_accuracy`.
+    Over several batches, sum the cross-entropies and counts first
+    (:func:`cross_entropy_sum`) rather than averaging perplexities.
+    """
+    total, count = cross_entropy_sum(logits, labels, shift=shift, ignore_index=ignore_index, pad_token_id=pad_token_id)
+    return math.exp(total / count) if count else math.nan
+
+
+def cross_entropy_sum(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    shift: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+    pad_token_id: int | None = None,
+) -> tuple[float, int]:
+    """(sum of token cross-entropies, number of labelled tokens), to aggregate over batches."""
+    logits, labels = _shifted(logits, labels, shift)
+    labels = labels.clone()
+    if pad_token_id is not None:
+        labels[labels == pad_token_id] = ignore_index
+    flat = logits.reshape(-1, logits.size(-1)).float()  # (B T, V)
+    ce = F.cross_entropy(flat, labels.reshape(-1), ignore_index=ignore_index, reduction="sum")
+    return float(ce), int((labels != ignore_index).sum())
+
+
+# ---------------------------------------------------------------------------- by length
+@dataclass
+class LengthRow:
+    """Accuracy of one problem length."""
+
+    length: int
+    n: int
+    exact_match: float
+    token_accuracy: float
+    in_distribution: bool
+
+
+@dataclass
+class LengthTable:
+    """Accuracy per problem length for one model on one split.
+
+    ``rows`` are sorted by length. ``exact_match`` is the task verifier's
+    verdict on the generated answer; ``token_accuracy`` compares the
+    generated tokens position by position with the expected answer
+    (classification tasks: both are the classification accuracy).
+    """
+
+    task: str
+    split: str
+    train_lengths: list[int]
+    rows: list[LengthRow]
+    decoding: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def summary(self) -> dict[str, float]:
+        """Example-weighted exact match over all, in-distribution and out-of-distribution lengths."""
+
+        def mean(rows: list[LengthRow], metric: str) -> float:
+            n = sum(r.n for r in rows)
+            return sum(getattr(r, metric) * r.n for r in rows) / n if n else math.nan
+
+        ind = [r for r in self.rows if r.in_distribution]
+        ood = [r for r in self.rows if not r.in_distribution]
+        return {
+            "exact_match": mean(self.rows, "exact_match"),
+            "exact_match_in_distribution": mean(ind, "exact_match"),
+            "exact_match_out_of_distribution": mean(ood, "exact_match"),
+            "token_accuracy": mean(self.rows, "token_accuracy"),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN becomes None)."""
+        data = asdict(self)
+        data["summary"] = {k: (None if math.isnan(v) else v) for k, v in self.summary().items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LengthTable:
+        try:
+            rows = [LengthRow(**r) for r in data["rows"]]
+            return cls(
+                task=data["task"],
+                split=data["split"],
+                train_lengths=list(data["train_lengths"]),
+                rows=rows,
+                decoding=dict(data.get("decoding", {})),
+                label=data.get("label", ""),
+            )
+        except (KeyError, TypeError) as e:
+            raise DataError(f"not an accuracy-by-length table: {e}") from None
+
+    def to_markdown(self) -> str:
+        lines = ["| length | n | exact match | token accuracy | in distribution |", "|---:|---:|---:|---:|:---:|"]
+        for r in self.rows:
+            lines.append(
+                f"| {r.length} | {r.n} | {r.exact_match:.3f} | {r.token_accuracy:.3f} "
+                f"| {'yes' if r.in_distribution else 'no'} |"
+            )
+        return "\n".join(lines)
+
+
+def train_lengths(task: Any) -> list[int]:
+    """The problem lengths the task trains on: ``config.train_lengths`` when the
+    task has it, else the lengths present in its first (training) split."""
+    declared = getattr(getattr(task, "config", None), "train_lengths", None)
+    if declared is not None:
+        return sorted(int(x) for x in declared)
+    return sorted({int(x) for x in task.example_lengths(task.split_names[0])})
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Left-pad id lists -> ids (B, T), mask (B, T)."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, T - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _generation_inputs(
+    task: Any, tokenizer: Any, prompts: Sequence[Any], device: torch.device
+) -> tuple[dict[str, Any], int]:
+    """generate() inputs for a batch of prompts, and where the new tokens start in the output."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if task.kind == "seq2seq":
+        src, src_mask = _right_pad([p.ids for p in prompts], pad, device)
+        inputs: dict[str, Any] = {"encoder_input_ids": src}
+        if not bool(src_mask.all()):
+            inputs["encoder_attention_mask"] = src_mask
+        # decoding starts from the model's own start token, the one it was trained with
+        return inputs, 1
+    ids, mask = _left_pad([p.ids for p in prompts], pad, device)
+    inputs = {"input_ids": ids}
+    if not bool(mask.all()):
+        inputs["attention_mask"] = mask
+    return inputs, ids.size(1)
+
+
+def _expected_ids(task: Any, tokenizer: Any, answer: str) -> list[int]:
+    """The answer's tokens as the model should write them (GPT answers end with EOS)."""
+    ids = tokenizer.encode(answer)
+    if task.kind == "lm" and tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+def generate_answers(
+    model: nn.Module,
+    task: Any,
+    prompts: Sequence[Any],
+    *,
+    tokenizer: Any = None,
+    batch_size: int = 256,
+    **generate_options: Any,
+) -> list[list[int]]:
+    """Greedy (by default) answers to ``prompts`` (a task's ``Prompt`` objects): the new token ids of each.
+
+    GPT prompts are left-padded in a batch; generation stops at the
+    tokenizer's EOS (the answer length + 1 at most). Seq2seq sources are
+    right-padded with an encoder mask and decoded for the answer's length.
+    """
+    tokenizer = tokenizer or task.tokenizer
+    device = _model_device(model)
+    out: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        inputs, new_from = _generation_inputs(task, tokenizer, chunk, device)
+        options = dict(generate_options)
+        options.setdefault("max_new_tokens", max(len(_expected_ids(task, tokenizer, p.answer)) for p in chunk))
+        if task.kind == "lm" and tokenizer.eos_token_id is not None:
+            options.setdefault("eos_token_id", tokenizer.eos_token_id)
+            options.setdefault("pad_token_id", tokenizer.pad_token_id)
+        seqs = generate(model, **inputs, **options)
+        out.extend(row[new_from:] for row in seqs.tolist())
+    return out
+
+
+def _score_answer(task: Any, tokenizer: Any, prompt: Any, new_ids: list[int]) -> tuple[bool, float]:
+    """(verifier verdict, token accuracy against the expected answer)."""
+    expected = _expected_ids(task, tokenizer, prompt.answer)
+    got = new_ids[: len(expected)]
+    same = sum(a == b for a, b in zip(got, expected))
+    text = tokenizer.decode(new_ids)
+    return bool(task.check_answer(prompt.ids, text)), same / len(expected) if expected else math.nan
+
+
+def evaluate_by_length(
+    model: nn.Module,
+    task: Any,
+    split: str = "test",
+    *,
+    tokenizer: Any = None,
+    batch_size: int = 256,
+    max_per_length: int | None = None,
+    label: str = "",
+    **generate_options: Any,
+) -> LengthTable:
+    """Accuracy per problem length of autoregressive decoding on ``split``.
+
+    Args:
+        model: GPT for ``lm`` tasks, EncoderDecoder for ``seq2seq`` tasks
+            (generative tasks with ``prompts`` and ``check_answer``), or an
+            EncoderClassifier for ``classification`` tasks with ``lengths``
+            (accuracy by length, no decoding).
+        task: the task (its tokenizer is used unless ``tokenizer`` is given).
+        max_per_length: evaluate at most this many problems of each length (first ones).
+        label: the name of this model in plots (e.g. the run name).
+        **generate_options: passed to :func:`generate` (default greedy;
+            e.g. ``num_beams=4``).
+    Returns:
+        a :class:`LengthTable` (``to_dict()`` for JSON, ``plot_accuracy_by_length`` for a PNG).
+    """
+    task.check_split(split)
+    if max_per_length is not None and max_per_length < 1:
+        raise ConfigError(f"max_per_length={max_per_length} must be >= 1 or None")
+    trained = train_lengths(task)
+    was_training = model.training
+    model.eval()
+    try:
+        if task.kind == "classification":
+            rows = _classification_by_length(model, task, split, batch_size, max_per_length, trained)
+        elif hasattr(task, "prompts") and hasattr(task, "check_answer"):
+            rows = _generative_by_length(
+                model, task, split, tokenizer, batch_size, max_per_length, trained, generate_options
+            )
+        else:
+            raise ConfigError(
+                f"task {task.name!r} (kind {task.kind!r}) has no per-length answers to check; evaluate_by_length "
+                "needs a generative task (prompts + check_answer) or a classification task with lengths"
+            )
+    finally:
+        model.train(was_training)
+    decoding = {k: v for k, v in generate_options.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    return LengthTable(task=task.name, split=split, train_lengths=trained, rows=rows, decoding=decoding, label=label)
+
+
+def _generative_by_length(model, task, split, tokenizer, batch_size, max_per_length, trained, options) -> list[LengthRow]:
+    tokenizer = tokenizer or task.tokenizer
+    by_length: dict[int, list[Any]] = {}
+    for p in task.prompts(split):
+        by_length.setdefault(int(p.length), []).append(p)
+    rows = []
+    for length in sorted(by_length):
+        prompts = by_length[length][:max_per_length] if max_per_length else by_length[length]
+        answers = generate_answers(model, task, prompts, tokenizer=tokenizer, batch_size=batch_size, **options)
+        verdicts = [_score_answer(task, tokenizer, p, a) for p, a in zip(prompts, answers)]
+        rows.append(
+            LengthRow(
+                length=length,
+                n=len(prompts),
+                exact_match=sum(ok for ok, _ in verdicts) / len(verdicts),
+                token_accuracy=float(np.mean([acc for _, acc in verdicts])),
+                in_distribution=length in trained,
+            )
+        )
+        log.info("length %d: exact match %.3f over %d problems", length, rows[-1].exact_match, len(prompts))
+    return rows
+
+
+def _classification_by_length(model, task, split, batch_size, max_per_length, trained) -> list[LengthRow]:
+    ds = task.dataset(split)
+    lengths = task.example_lengths(split)
+    device = _model_device(model)
+    rows = []
+    for length in sorted({int(x) for x in lengths}):
+        idx = np.flatnonzero(lengths == length)
+        if max_per_length:
+            idx = idx[:max_per_length]
+        correct = 0
+        for start in range(0, len(idx), batch_size):
+            batch = task.collate([ds[int(i)] for i in idx[start : start + batch_size]])
+            with torch.inference_mode():
+                logits = model(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+            correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
+        acc = correct / len(idx)
+        rows.append(LengthRow(length, len(idx), acc, acc, length in trained))
+    return rows
+
+
+# ---------------------------------------------------------------------------- best of n
+def top_at_n_accuracy(
+    model: nn.Module,
+    task: Any,
+    split: str = "test",
+    n: int = 8,
+    *,
+    tokenizer: Any = None,
+    batch_size: int = 64,
+    max_problems: int | None = None,
+    **sampling_kwargs: Any,
+) -> dict[str, Any]:
+    """Fraction of problems for which at least one of ``n`` samples is correct.
+
+    Samples come from :func:`scratchformer.generate.best_of_n` with the task's
+    verifier as the scorer (``do_sample=True`` unless overridden; pass a
+    ``generator`` for reproducibility). Returns ``{"n", "accuracy",
+    "problems", "by_length": {length: accuracy}}``.
+    """
+    if not (hasattr(task, "prompts") and hasattr(task, "check_answer")):
+        raise ConfigError(f"task {task.name!r} has no verifier (check_answer); top_at_n_accuracy needs one")
+    tokenizer = tokenizer or task.tokenizer
+    prompts = task.prompts(split)[:max_problems] if max_problems else task.prompts(split)
+    device = _model_device(model)
+    ok: list[bool] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            inputs, _ = _generation_inputs(task, tokenizer, chunk, device)
+            options = dict(sampling_kwargs)
+            options.setdefault("max_new_tokens", max(len(_expected_ids(task, tokenizer, p.answer)) for p in chunk))
+            if task.kind == "lm" and tokenizer.eos_token_id is not None:
+                options.setdefault("eos_token_id", tokenizer.eos_token_id)
+                options.setdefault("pad_token_id", tokenizer.pad_token_id)
+            ids = inputs.pop("input_ids", None)
+
+            def verifier(prompt_ids: list[int], new_ids: list[int]) -> float:
+                return float(task.check_answer(prompt_ids, tokenizer.decode(new_ids)))
+
+            out = best_of_n(model, ids, n, scorer=verifier, **inputs, **options)
+            ok.extend(bool(s >= 1.0) for s in out.scores.tolist())
+    finally:
+        model.train(was_training)
+    by_length: dict[int, list[bool]] = {}
+    for p, good in zip(prompts, ok):
+        by_length.setdefault(int(p.length), []).append(good)
+    return {
+        "n": n,
+        "problems": len(prompts),
+        "accuracy": sum(ok) / len(ok) if ok else math.nan,
+        "by_length": {length: sum(v) / len(v) for length, v in sorted(by_length.items())},
+    }
+
+
+# ---------------------------------------------------------------------------- runs
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    split: str | None = None,
+    weights: str = "model",
+    batch_size: int = 256,
+    max_per_length: int | None = None,
+    compare: Iterable[str | os.PathLike] = (),
+    teacher_forced: bool = True,
+    **generate_options: Any,
+) -> dict[str, Any]:
+    """Evaluate a run directory and write ``eval.json`` and ``plots/accuracy_by_length.png`` into it.
+
+    Args:
+        run_dir: a directory written by the trainer (config.json, weights, tokenizer.json).
+        split: the split to evaluate (default "test" if the task has it, else its last split).
+        weights: "model", "best" or a weights path (see ``scratchformer.train.load_run``).
+        max_per_length: cap on problems per length (None: all).
+        compare: other run directories whose ``eval.json`` tables join the plot as extra lines.
+        teacher_forced: also compute the teacher-forced split metrics (loss, token accuracy, ...).
+        **generate_options: decoding options for :func:`evaluate_by_length`.
+    Returns:
+        the dict written to eval.json: ``run``, ``task``, ``split``, ``metrics``
+        (teacher-forced), ``by_length`` (a LengthTable dict or None) and ``plot``.
+    """
+    from .train import evaluate_split, load_run
+    from .viz.lengths import plot_accuracy_by_length
+
+    run = load_run(run_dir, weights=weights)
+    task = run.build_task()
+    if split is None:
+        split = "test" if "test" in task.split_names else task.split_names[-1]
+    task.check_split(split)
+    name = getattr(run.config, "name", None) or Path(run_dir).name
+    result: dict[str, Any] = {"run": name, "task": task.name, "split": split, "weights": str(run.weights)}
+    if teacher_forced:
+        result["metrics"] = evaluate_split(run.model, task, split, batch_size=batch_size)
+    table = None
+    try:
+        table = evaluate_by_length(
+            run.model, task, split, tokenizer=run.tokenizer or task.tokenizer, batch_size=batch_size,
+            max_per_length=max_per_length, label=name, **generate_options,
+        )  # fmt: skip
+    except ConfigError as e:
+        log.info("no accuracy-by-length table for %s: %s", name, e)
+    result["by_length"] = table.to_dict() if table is not None else None
+    result["plot"] = None
+    if table is not None:
+        tables = {name: table}
+        for other in compare:
+            other_table = _read_table(other)
+            tables[other_table.label or Path(other).name] = other_table
+        plot = Path(run_dir) / "plots" / "accuracy_by_length.png"
+        plot_accuracy_by_length(tables, plot, title=f"{task.name} ({split})")
+        result["plot"] = str(plot.relative_to(run_dir))
+    save_json(Path(run_dir) / "eval.json", _json_safe(result))
+    return result
+
+
+def _read_table(run_dir: str | os.PathLike) -> LengthTable:
+    path = Path(run_dir) / "eval.json"
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} does not exist; run evaluate_run on {str(run_dir)!r} first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON: {e}") from None
+    if not data.get("by_length"):
+        raise CheckpointError(f"{str(path)!r} has no accuracy-by-length table to compare")
+    table = LengthTable.from_dict(data["by_length"])
+    table.label = table.label or data.get("run", "") or Path(run_dir).name
+    return table
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python, keys -> str, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+__all__ = [
+    "LengthRow",
+    "LengthTable",
+    "classification_accuracy",
+    "cross_entropy_sum",
+    "evaluate_by_length",
+    "evaluate_run",
+    "exact_match",
+    "generate_answers",
+    "perplexity",
+    "token_accuracy",
+    "token_accuracy_all_positions",
+    "top_at_n_accuracy",
+    "train_lengths",
+]

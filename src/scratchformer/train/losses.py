@@ -1,0 +1,188 @@
+"""Losses and per-batch metrics, as pure functions of (model, batch), keyed by ``task.kind``.
+
+Every loss returns a :class:`LossOutput` holding the *sum* of per-target
+losses and the number of targets, not a mean: the trainer divides by the
+count of targets in the whole global batch, so gradient accumulation and
+data parallelism give exactly the update of one big batch even when
+micro-batches hold different numbers of target tokens.
+
+B batch, T length, V vocabulary, K classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import unknown_name
+from ..tasks.base import IGNORE_INDEX, Batch
+
+
+@dataclass
+class LossOutput:
+    """What a loss function returns.
+
+    Attributes:
+        loss_sum: scalar, differentiable: sum of the per-target losses.
+        count: scalar long: how many targets were scored.
+        logits: the model output the loss was computed from, aligned with
+            ``targets``: (B, T, V) with (B, T) targets for token tasks, (B, K)
+            with (B,) for classification, (B,) with (B,) for regression.
+        targets: see ``logits``.
+    """
+
+    loss_sum: Tensor
+    count: Tensor
+    logits: Tensor
+    targets: Tensor
+
+
+def _token_ce(logits: Tensor, targets: Tensor) -> LossOutput:
+    loss_sum = F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return LossOutput(loss_sum, (targets != IGNORE_INDEX).sum(), logits, targets)
+
+
+def lm_loss(model: nn.Module, batch: Batch) -> LossOutput:
+    """Next-token cross-entropy: position t predicts ``labels[:, t + 1]``; -100 is ignored."""
+    logits = model(batch["input_ids"], batch.get("attention_mask"))  # (B, T, V)
+    return _token_ce(logits[:, :-1], batch["labels"][:, 1:])
+
+
+def seq2seq_loss(model: nn.Module, batch: Batch) -> LossOutput:
+    """Target cross-entropy; the model shifts ``labels`` right itself, so position t predicts ``labels[:, t]``."""
+    logits = model(
+        batch["encoder_input_ids"],
+        labels=batch["labels"],
+        encoder_attention_mask=batch.get("encoder_attention_mask"),
+    )  # (B, T, V)
+    return _token_ce(logits, batch["labels"])
+
+
+def classification_loss(model: nn.Module, batch: Batch) -> LossOutput:
+    """Cross-entropy of one class per example."""
+    logits = model(batch["input_ids"], batch.get("attention_mask"))  # (B, K)
+    labels = batch["labels"]
+    loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+    return LossOutput(loss_sum, torch.tensor(labels.numel(), device=labels.device), logits, labels)
+
+
+def regression_loss(model: nn.Module, batch: Batch) -> LossOutput:
+    """Squared error (the trainer's normalisation makes it the MSE)."""
+    pred = model(batch["inputs"]).squeeze(-1)  # (B,)
+    targets = batch["targets"]
+    loss_sum = F.mse_loss(pred.float(), targets, reduction="sum")
+    return LossOutput(loss_sum, torch.tensor(targets.numel(), device=targets.device), pred, targets)
+
+
+LOSSES: dict[str, Callable[[nn.Module, Batch], LossOutput]] = {
+    "lm": lm_loss,
+    "seq2seq": seq2seq_loss,
+    "classification": classification_loss,
+    "regression": regression_loss,
+}
+"""Loss function of each task kind."""
+
+
+def loss_for(kind: str) -> Callable[[nn.Module, Batch], LossOutput]:
+    if kind not in LOSSES:
+        raise unknown_name("task kind", kind, LOSSES)
+    return LOSSES[kind]
+
+
+def target_count(kind: str, batch: Batch) -> int:
+    """How many targets ``batch`` holds (what its loss_sum sums over), without running the model."""
+    if kind == "lm":
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    if kind == "seq2seq":
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+    if kind == "classification":
+        return int(batch["labels"].numel())
+    if kind == "regression":
+        return int(batch["targets"].numel())
+    raise unknown_name("task kind", kind, LOSSES)
+
+
+def batch_tokens(batch: Batch) -> int:
+    """Real (non-padding) tokens a batch feeds the model, for tokens/s; examples for feature inputs."""
+    n = 0
+    if "attention_mask" in batch:
+        n += int(batch["attention_mask"].sum())
+    elif "input_ids" in batch:
+        n += batch["input_ids"].numel()
+    if "encoder_attention_mask" in batch:  # seq2seq: source tokens plus target tokens
+        n += int(batch["encoder_attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
+    return n or int(next(iter(batch.values())).shape[0])
+
+
+# ---------------------------------------------------------------------- metrics
+def teacher_forced_exact_match(logits: Tensor, targets: Tensor) -> Tensor:
+    """(B,) bool: would greedy decoding reproduce every target of the row? One forward pass suffices.
+
+    ``logits`` (B, T, V) come from a teacher-forced pass over the whole
+    sequence and ``targets`` (B, T) are aligned with them (-100 where
+    nothing is predicted: prompt and padding). Greedy decoding of the row,
+    started from its prompt, writes the targets exactly iff the argmax at
+    *every* target position equals the target:
+
+    - if it does, induction on the position: greedy's first token is the
+      argmax after the prompt, which is the first target; so greedy's input
+      at the next position equals the teacher-forced input, and with a
+      causal model (a position sees only itself and earlier positions) the
+      logits there are the same, so its argmax is again the target, and so on.
+    - if it does not, take the first position where the argmax differs: its
+      input is still identical to the teacher-forced one (all earlier
+      targets matched), so greedy writes the wrong token there.
+
+    For GPT arithmetic the targets are the answer digits and ``<EOS>``, so
+    this is the exact match of greedy decoding that stops at ``<EOS>``
+    (stricter than a check that ignores a missing ``<EOS>``). Caveats: exact
+    ties in the argmax, and floating-point differences between a full pass
+    and cached incremental decoding, could make the two disagree on a
+    knife-edge row. Rows with no target count as not matched.
+    """
+    pred = logits.argmax(dim=-1)  # (B, T)
+    scored = targets != IGNORE_INDEX
+    return ((pred == targets) | ~scored).all(dim=1) & scored.any(dim=1)
+
+
+def batch_metric_sums(kind: str, out: LossOutput, exact_match: bool) -> dict[str, float]:
+    """Additive sums of one batch; :func:`finish_metrics` turns summed sums into metrics."""
+    sums = {"loss_sum": float(out.loss_sum), "count": float(out.count)}
+    if kind in ("lm", "seq2seq"):
+        scored = out.targets != IGNORE_INDEX
+        sums["correct"] = float(((out.logits.argmax(-1) == out.targets) & scored).sum())
+        if exact_match:
+            sums["exact"] = float(teacher_forced_exact_match(out.logits, out.targets).sum())
+            sums["rows"] = float(scored.any(dim=1).sum())
+    elif kind == "classification":
+        sums["correct"] = float((out.logits.argmax(-1) == out.targets).sum())
+    return sums
+
+
+def finish_metrics(kind: str, sums: dict[str, float]) -> dict[str, float]:
+    """Metrics from summed :func:`batch_metric_sums`: loss (mean per target), and by kind
+    token_accuracy + perplexity (lm), token_accuracy (seq2seq), exact_match, accuracy."""
+    import math
+
+    count = max(sums.get("count", 0.0), 1.0)
+    loss = sums["loss_sum"] / count
+    out = {"loss": loss, "examples": sums.get("examples", 0.0)}
+    if kind in ("lm", "seq2seq"):
+        out["token_accuracy"] = sums["correct"] / count
+        if kind == "lm":
+            out["perplexity"] = math.exp(min(loss, 700.0))
+        if "exact" in sums:
+            out["exact_match"] = sums["exact"] / max(sums["rows"], 1.0)
+    elif kind == "classification":
+        out["accuracy"] = sums["correct"] / count
+    return out
+
+
+HIGHER_IS_BETTER = {"exact_match": True, "accuracy": True, "token_accuracy": True, "loss": False, "perplexity": False}
+"""Direction of each metric, for choosing the best checkpoint."""

@@ -1,0 +1,177 @@
+"""The `scratchformer` command: help texts, config overrides, clear one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scratchformer.cli import main, normalise_arithmetic_prompt, unreverse_answer
+from scratchformer.train.config import DEFAULT_RUN, apply_overrides, parse_value
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's --help and usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "generate"])
+def test_each_subcommand_has_help_with_examples(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    assert f"scratchformer {command}" in out and "examples:" in out
+
+
+def test_top_level_help_lists_the_subcommands(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("train", "eval", "generate"):
+        assert command in out
+
+
+def test_python_dash_m_entry_point():
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "scratchformer", "train", "--help"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "key=value" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "suggestion"),
+    [
+        ("trian.steps=3", "train.steps"),
+        ("model.n_layr=3", "model.n_layer"),
+        ("task.max_digit=3", "task.max_digits"),
+        ("train.learning_rat=0.1", None),
+        ("sed=3", "seed"),
+    ],
+)
+def test_unknown_key_is_one_line_with_did_you_mean(capsys, override, suggestion):
+    code, out, err = run(capsys, "train", override)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "unknown config key" in err
+    if suggestion:
+        assert f"did you mean '{suggestion}'" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "/definitely/not/a/run"],
+        ["generate", "/definitely/not/a/run", "1+2="],
+        ["train", "train.steps=-5"],
+        ["train", "model.n_head=5"],  # d_model=64 is not divisible by 5
+        ["train", "model.arch=transformerz"],
+        ["train", "no_equals_sign_here.toml", "train.steps"],
+        ["train", "missing_file.toml"],
+        ["train", "--resume", "/definitely/not/a/run"],
+        ["train", "--no-such-flag"],
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, argv):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.strip() and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_eval_on_a_directory_that_is_not_a_run(capsys, tmp_path):
+    code, _, err = run(capsys, "eval", str(tmp_path))
+    assert code == 2 and "not a scratchformer run directory" in err
+
+
+def test_overrides_parse_json_literals_else_strings():
+    assert parse_value("4") == 4 and parse_value("1e-3") == 1e-3 and parse_value("true") is True
+    assert parse_value("[3, 4]") == [3, 4] and parse_value("null") is None
+    assert parse_value("3..10") == "3..10" and parse_value("adamw") == "adamw"
+    data = apply_overrides(DEFAULT_RUN, ["model.n_layer=4", "task.max_digits=2", "train.steps=10",
+                                         "train.optimizer_options.momentum=0.9", "seed=7"])
+    assert data["model"]["n_layer"] == 4 and data["task"]["max_digits"] == 2
+    assert data["train"]["steps"] == 10 and data["train"]["optimizer_options"] == {"momentum": 0.9}
+    assert data["seed"] == 7
+    assert DEFAULT_RUN["model"]["n_layer"] == 2  # the default is not mutated
+    switched = apply_overrides(DEFAULT_RUN, ["task.name=difference_sign", "model.arch=encoder_classifier",
+                                             "task.train_lengths=3..5"])
+    assert switched["task"] == {"name": "difference_sign", "train_lengths": "3..5"}  # old task's options dropped
+
+
+def test_config_file_then_overrides(capsys, tmp_path):
+    toml = tmp_path / "exp.toml"
+    toml.write_text('seed = 3\n[model]\nn_layer = 3\n[train]\nsteps = 77\nlr = 0.01\n')
+    code, out, _ = run(capsys, "train", str(toml), "train.steps=88", "--print-config")
+    assert code == 0
+    cfg = json.loads(out)
+    assert cfg["seed"] == 3 and cfg["model"]["n_layer"] == 3 and cfg["model"]["arch"] == "gpt"
+    assert cfg["train"]["steps"] == 88 and cfg["train"]["lr"] == 0.01
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train": {"stepz": 3}}')
+    code, _, err = run(capsys, "train", str(bad))
+    assert code == 2 and "stepz" in err and "did you mean 'steps'" in err
+
+
+def test_shipped_configs_are_valid(capsys):
+    configs = sorted((REPO / "configs").glob("*.toml")) + sorted((REPO / "configs").glob("*.json"))
+    assert configs
+    for path in configs:
+        code, out, err = run(capsys, "train", str(path), "--print-config")
+        assert code == 0, (path, err)
+
+
+def test_arithmetic_display_helpers():
+    assert unreverse_answer("9750", "+") == "579"
+    assert unreverse_answer("0000", "+") == "0"
+    assert unreverse_answer("-12", "-") == "-21" and unreverse_answer("021", "-") == "12"
+    fixed = {"name": "addition_gpt", "min_digits": 3, "max_digits": 3}
+    assert normalise_arithmetic_prompt("12+5=", fixed) == "012+005="
+    assert normalise_arithmetic_prompt("12+5=", {**fixed, "min_digits": 1}) == "12+05="
+    assert normalise_arithmetic_prompt("hello", fixed) == "hello"
+
+
+def test_train_eval_generate_on_a_tiny_run(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "model.d_model=32", "model.n_head=2", "model.n_layer=1",
+                         "task.num_examples=2000", "train.steps=8", "train.batch_size=16", "train.eval_every=0",
+                         "train.checkpoint_every=0", "train.progress=false", "train.threads=1", f"train.out_dir={tmp_path}",
+                         "name=tiny")
+    assert code == 0, err
+    run_dir = tmp_path / "tiny"
+    assert "exact_match" in out and f"run directory: {run_dir}" in out
+    code, out, err = run(capsys, "eval", str(run_dir), "--max-examples", "50")
+    assert code == 0, err
+    assert "test" in out and "exact" in out
+    pytest.importorskip("scratchformer.generate")
+    code, out, err = run(capsys, "generate", str(run_dir), "123+456=")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("123+456=") and "reversed" in lines[1]
+    code, out, err = run(capsys, "generate", str(run_dir), "123+456=", "--raw")
+    assert code == 0 and len(out.strip().splitlines()) == 1
+
+
+def test_tensorboard_flag_without_the_package_is_a_clear_error(capsys, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    code, _, err = run(capsys, "train", "train.log_tensorboard=true", f"train.out_dir={tmp_path}")
+    assert code == 2 and "tensorboard" in err and "pip install" in err and err.count("\n") == 1
+
+
+def test_non_finite_loss_exits_1_naming_the_step(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "model.d_model=32", "model.n_head=2", "model.n_layer=1",
+                       "task.num_examples=1000", "train.steps=20", "train.batch_size=8", "train.optimizer=sgd",
+                       "train.lr=1e30", "train.grad_clip=0", "train.schedule=constant", "train.progress=false",
+                       "train.threads=1", f"train.out_dir={tmp_path}")
+    assert code == 1
+    assert "at step" in err and "Traceback" not in err and err.count("\n") == 1

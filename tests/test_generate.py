@@ -1,0 +1,466 @@
+"""Decoding: cache equivalence, strategy equivalences, Hugging Face parity, bad input.
+
+Every expectation is computed independently of ``scratchformer.generate``: a
+naive argmax loop over full forward passes, teacher-forced log-probabilities,
+Hugging Face's own ``generate`` and logits processors, or a rule written out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchformer.errors import ConfigError, DataError
+from scratchformer.generate import (
+    GenerationConfig,
+    apply_repetition_penalty,
+    ban_repeated_ngrams,
+    best_of_n,
+    generate,
+    stream,
+    top_k_filter,
+    top_p_filter,
+)
+from scratchformer.models import GPT, EncoderDecoder, EncoderDecoderConfig, GPTConfig
+
+torch.set_num_threads(2)
+
+CACHEABLE = ["learned", "sinusoidal", "rope", "alibi", "none"]
+V = 23
+
+
+def gpt(positional: str = "learned", seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=V, d_model=32, n_head=4, n_layer=2, max_len=48, positional=positional, init_std=0.3)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+def encdec(positional: str = "learned", seed: int = 0) -> EncoderDecoder:
+    torch.manual_seed(seed)
+    cfg = EncoderDecoderConfig(
+        src_vocab_size=17, tgt_vocab_size=V, d_model=32, n_head=4, n_layer=2, max_len=40, positional=positional,
+        norm_first=True, init_std=0.3,
+    )  # fmt: skip
+    return EncoderDecoder(cfg).eval()
+
+
+def prompt(B: int = 2, T: int = 5, seed: int = 1, vocab: int = V) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (B, T), generator=g)
+
+
+def naive_greedy(model: GPT, ids: torch.Tensor, steps: int) -> torch.Tensor:
+    """Argmax of a full forward pass, appended one token at a time (no cache, no tricks)."""
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+def teacher_forced_logprob(model: GPT, seq: torch.Tensor, T0: int) -> torch.Tensor:
+    """(N,) sum over positions >= T0 of log p(seq[t] | seq[:t]) from one full forward pass."""
+    with torch.no_grad():
+        lp = F.log_softmax(model(seq).float(), dim=-1)  # (N, L, V)
+    tok = lp[:, T0 - 1 : -1].gather(2, seq[:, T0:, None]).squeeze(2)
+    return tok.sum(1)
+
+
+# ---------------------------------------------------------------- cache equivalence
+@pytest.mark.parametrize("positional", CACHEABLE)
+def test_gpt_cache_matches_no_cache_greedy_and_beam(positional):
+    model, ids = gpt(positional), prompt()
+    kw = dict(max_new_tokens=12, return_dict_in_generate=True, output_logits=True, output_scores=True)
+    a = generate(model, ids, use_cache=True, **kw)
+    b = generate(model, ids, use_cache=False, **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    assert torch.equal(a.sequences, naive_greedy(model, ids, 12))
+    for x, y in zip(a.logits, b.logits, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+    a = generate(model, ids, use_cache=True, num_beams=3, num_return_sequences=2, **kw)
+    b = generate(model, ids, use_cache=False, num_beams=3, num_return_sequences=2, **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    torch.testing.assert_close(a.sequences_scores, b.sequences_scores, atol=1e-5, rtol=0)
+    for x, y in zip(a.scores, b.scores, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("positional", CACHEABLE)
+def test_encoder_decoder_cache_matches_no_cache(positional):
+    model, src = encdec(positional), prompt(2, 6, vocab=17)
+    mask = torch.ones_like(src)
+    mask[1, 4:] = 0  # right padding in the source
+    kw = dict(encoder_input_ids=src, encoder_attention_mask=mask, max_new_tokens=10)
+    kw.update(return_dict_in_generate=True, output_logits=True)
+    a, b = generate(model, use_cache=True, **kw), generate(model, use_cache=False, **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    assert (a.sequences[:, 0] == model.config.start_token_id).all()
+    for x, y in zip(a.logits, b.logits, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+    # the decoder logits at each step equal one teacher-forced pass over the produced tokens
+    with torch.no_grad():
+        full = model(src, a.sequences[:, :-1], encoder_attention_mask=mask)  # (B, T, V)
+    torch.testing.assert_close(torch.stack(a.logits, 1), full, atol=1e-5, rtol=0)
+    a = generate(model, use_cache=True, num_beams=4, **kw)
+    b = generate(model, use_cache=False, num_beams=4, **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    torch.testing.assert_close(a.sequences_scores, b.sequences_scores, atol=1e-5, rtol=0)
+
+
+def test_sinusoidal_xl_decodes_without_cache_and_refuses_one():
+    model, ids = gpt("sinusoidal_xl"), prompt()
+    out = generate(model, ids, max_new_tokens=6)  # use_cache=None: falls back to full passes
+    assert torch.equal(out, naive_greedy(model, ids, 6))
+    with pytest.raises(ValueError, match="use_cache=False"):
+        generate(model, ids, max_new_tokens=6, use_cache=True)
+
+
+# ---------------------------------------------------------------- strategy equivalences
+def test_single_beam_search_is_greedy():
+    from scratchformer.generate import _beam_search, _prepare
+
+    model, ids = gpt("rope"), prompt()
+    cfg, setup = _prepare(model, ids, None, None, None, GenerationConfig(max_new_tokens=10, num_beams=1))
+    with torch.no_grad():
+        beam = _beam_search(setup())
+    assert torch.equal(beam.sequences, naive_greedy(model, ids, 10))
+    assert torch.equal(generate(model, ids, max_new_tokens=10, num_beams=1), naive_greedy(model, ids, 10))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_k_1_and_temperature_0_are_greedy(seed):
+    model, ids = gpt(), prompt()
+    greedy = naive_greedy(model, ids, 10)
+    g = torch.Generator().manual_seed(seed)
+    assert torch.equal(generate(model, ids, max_new_tokens=10, do_sample=True, top_k=1, generator=g), greedy)
+    assert torch.equal(generate(model, ids, max_new_tokens=10, do_sample=True, temperature=0.0), greedy)
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
+    model, ids = gpt(), prompt()
+    kw = dict(max_new_tokens=20, do_sample=True, temperature=1.5, num_return_sequences=3)
+    a = generate(model, ids, generator=torch.Generator().manual_seed(7), **kw)
+    b = generate(model, ids, generator=torch.Generator().manual_seed(7), **kw)
+    c = generate(model, ids, generator=torch.Generator().manual_seed(8), **kw)
+    assert a.shape == (6, 25) and torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a[:, :5], ids.repeat_interleave(3, 0))
+
+
+def test_sampled_tokens_respect_top_k_and_top_p():
+    model, ids = gpt(), prompt()
+    out = generate(
+        model, ids, max_new_tokens=15, do_sample=True, top_k=5, return_dict_in_generate=True, output_scores=True,
+        output_logits=True, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    for t, (scores, logits) in enumerate(zip(out.scores, out.logits)):
+        tok = out.sequences[:, 5 + t]
+        top5 = logits.topk(5).indices
+        assert (top5 == tok[:, None]).any(1).all()
+        assert (torch.isfinite(scores).sum(1) == 5).all()
+    out = generate(
+        model, ids, max_new_tokens=15, do_sample=True, top_p=0.6, return_dict_in_generate=True, output_logits=True,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    for t, logits in enumerate(out.logits):
+        probs = logits.softmax(-1)
+        for row in range(probs.size(0)):
+            tok = int(out.sequences[row, 5 + t])
+            higher = probs[row][probs[row] > probs[row, tok]].sum()
+            assert higher < 0.6  # the token lies inside the nucleus
+
+
+def test_temperature_sharpens_the_sampled_distribution():
+    model, ids = gpt(), prompt(1, 5)
+    with torch.no_grad():
+        argmax = int(model(ids)[0, -1].argmax())
+    firsts = {}
+    for temp in (0.3, 3.0):
+        out = generate(
+            model, ids.expand(200, -1), max_new_tokens=1, do_sample=True, temperature=temp,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        firsts[temp] = (out[:, -1] == argmax).float().mean()
+    assert firsts[0.3] > firsts[3.0]
+
+
+# ---------------------------------------------------------------- processors (rules written out)
+def test_repetition_penalty_divides_positive_and_multiplies_negative():
+    scores = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    seq = torch.tensor([[0, 1, 1]])
+    out = apply_repetition_penalty(seq, scores, 2.0)
+    assert torch.equal(out, torch.tensor([[1.0, -2.0, 0.5, 3.0]]))
+
+
+def test_no_repeat_ngram_bans_completions_of_seen_ngrams():
+    seq = torch.tensor([[1, 2, 3, 1, 2]])
+    out = ban_repeated_ngrams(seq, torch.zeros(1, 5), 3)  # "1 2" was followed by 3
+    assert out[0, 3] == float("-inf") and torch.isfinite(out[0, [0, 1, 2, 4]]).all()
+    assert torch.equal(ban_repeated_ngrams(seq[:, :1], torch.zeros(1, 5), 3), torch.zeros(1, 5))
+
+
+def test_no_repeat_ngram_generation_never_repeats_an_ngram():
+    model, ids = gpt(seed=3), prompt(3, 4)
+    out = generate(model, ids, max_new_tokens=30, no_repeat_ngram_size=2)
+    for row in out.tolist():
+        grams = list(zip(row, row[1:]))
+        assert len(grams) == len(set(grams))
+    plain = generate(model, ids, max_new_tokens=30)
+    assert any(len(set(zip(r, r[1:]))) < len(r) - 1 for r in plain.tolist())  # the ban did something
+
+
+def test_filters_match_hugging_face_processors():
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 30, generator=g) * 3
+    seq = torch.randint(0, 30, (4, 7), generator=g)
+    for k in (1, 3, 29):
+        assert torch.equal(top_k_filter(scores, k), TopKLogitsWarper(k)(seq, scores))
+    for p in (0.1, 0.5, 0.9, 1.0):
+        assert torch.equal(top_p_filter(scores, p), TopPLogitsWarper(p)(seq, scores))
+    assert torch.equal(apply_repetition_penalty(seq, scores, 1.3), RepetitionPenaltyLogitsProcessor(1.3)(seq, scores.clone()))
+    cfg = GenerationConfig(do_sample=True, temperature=0.7, top_k=10, top_p=0.8, repetition_penalty=1.2)
+    from scratchformer.generate import process_scores
+
+    expected = scores.clone()
+    for proc in (RepetitionPenaltyLogitsProcessor(1.2), TemperatureLogitsWarper(0.7), TopKLogitsWarper(10), TopPLogitsWarper(0.8)):
+        expected = proc(seq, expected)
+    assert torch.equal(process_scores(cfg, seq, scores), expected)
+
+
+# ---------------------------------------------------------------- EOS, padding, batching
+def test_rows_stop_at_eos_and_are_padded_after():
+    model, ids = gpt(seed=2), prompt(4, 3)
+    free = naive_greedy(model, ids, 15)[:, 3:]
+    eos = Counter(free.flatten().tolist()).most_common(1)[0][0]
+    out = generate(model, ids, max_new_tokens=15, eos_token_id=eos, pad_token_id=V - 1)
+    for r, row in enumerate(out[:, 3:].tolist()):
+        ref = free[r].tolist()
+        if eos in ref:
+            k = ref.index(eos)
+            assert row[: k + 1] == ref[: k + 1] and all(t == V - 1 for t in row[k + 1 :])
+        else:
+            assert row == ref[: len(row)]
+    done = [eos in r for r in free.tolist()]
+    if all(done):  # stops as soon as every row has finished
+        assert out.size(1) == 3 + max(r.tolist().index(eos) + 1 for r in free)
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope", "alibi", "sinusoidal"])
+def test_left_padded_batch_equals_each_row_alone(positional):
+    model = gpt(positional)
+    rows = [prompt(1, n, seed=n)[0] for n in (3, 6, 4)]
+    T = 6
+    ids = torch.full((3, T), 0)
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r) :], mask[i, T - len(r) :] = r, 1
+    for use_cache in (True, False):
+        out = generate(model, ids, attention_mask=mask, max_new_tokens=8, use_cache=use_cache)
+        for i, r in enumerate(rows):
+            alone = generate(model, r[None], max_new_tokens=8)
+            assert torch.equal(out[i, T:], alone[0, len(r) :]), (positional, use_cache, i)
+
+
+def test_encoder_padding_does_not_change_the_output():
+    model = encdec()
+    src = prompt(1, 5, vocab=17)
+    padded = torch.cat([src, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    mask = torch.tensor([[1] * 5 + [0] * 3])
+    a = generate(model, encoder_input_ids=src, max_new_tokens=8)
+    b = generate(model, encoder_input_ids=padded, encoder_attention_mask=mask, max_new_tokens=8)
+    assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- beam search
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0])
+def test_beam_scores_are_length_normalised_logprobs_in_order(length_penalty):
+    model, ids = gpt(seed=4), prompt(2, 4)
+    free = naive_greedy(model, ids, 10)[:, 4:]
+    eos = Counter(free.flatten().tolist()).most_common(1)[0][0]
+    out = generate(
+        model, ids, max_new_tokens=10, num_beams=4, num_return_sequences=4, eos_token_id=eos, pad_token_id=V - 1,
+        length_penalty=length_penalty, return_dict_in_generate=True,
+    )  # fmt: skip
+    scores = out.sequences_scores.view(2, 4)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # best first
+    for i, seq in enumerate(out.sequences):
+        new = seq[4:].tolist()
+        n = new.index(eos) + 1 if eos in new else len(new)
+        lp = teacher_forced_logprob(model, seq[None, : 4 + n], 4)
+        assert math.isclose(float(out.sequences_scores[i]), float(lp) / n**length_penalty, abs_tol=1e-4)
+
+
+def test_beam_search_finds_at_least_the_greedy_score():
+    model, ids = gpt(seed=5), prompt(3, 4)
+    greedy = naive_greedy(model, ids, 8)
+    beam = generate(model, ids, max_new_tokens=8, num_beams=5, length_penalty=0.0)
+    assert (teacher_forced_logprob(model, beam, 4) >= teacher_forced_logprob(model, greedy, 4) - 1e-5).all()
+
+
+# ---------------------------------------------------------------- Hugging Face parity
+@pytest.fixture(scope="module")
+def hf_pair():
+    transformers = pytest.importorskip("transformers")
+    from scratchformer.interop.gpt2 import gpt2_from_hf
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    return hf, gpt2_from_hf(hf)
+
+
+def _hf_generate(hf, ids, **kw):
+    with torch.no_grad():
+        return hf.generate(ids, **kw)
+
+
+def test_hf_parity_greedy_and_beam(hf_pair):
+    hf, ours = hf_pair
+    ids = prompt(3, 5, vocab=50)
+    plain = dict(max_new_tokens=20, pad_token_id=49, attention_mask=torch.ones_like(ids))
+    greedy = generate(ours, ids, max_new_tokens=20)
+    assert torch.equal(greedy, _hf_generate(hf, ids, do_sample=False, eos_token_id=None, **plain))
+    eos = Counter(greedy[:, 5:].flatten().tolist()).most_common(1)[0][0]  # a token that does occur
+    assert torch.equal(
+        generate(ours, ids, max_new_tokens=20, eos_token_id=eos, pad_token_id=49),
+        _hf_generate(hf, ids, do_sample=False, eos_token_id=eos, **plain),
+    )
+    for lp, es in [(1.0, False), (0.0, False), (2.0, False), (0.5, True), (1.5, "never"), (-1.0, False)]:
+        kw = dict(num_beams=4, eos_token_id=eos, length_penalty=lp, early_stopping=es, num_return_sequences=2)
+        theirs = _hf_generate(hf, ids, do_sample=False, output_scores=True, return_dict_in_generate=True, **kw, **plain)
+        mine = generate(ours, ids, max_new_tokens=20, pad_token_id=49, return_dict_in_generate=True, **kw)
+        assert torch.equal(mine.sequences, theirs.sequences), (lp, es)
+        torch.testing.assert_close(mine.sequences_scores, theirs.sequences_scores, atol=1e-5, rtol=0)
+    nothing = dict(num_beams=4, eos_token_id=None)
+    assert torch.equal(generate(ours, ids, max_new_tokens=20, **nothing), _hf_generate(hf, ids, do_sample=False, **nothing, **plain))
+
+
+def test_hf_parity_left_padded_batch_and_processors(hf_pair):
+    hf, ours = hf_pair
+    ids = prompt(3, 7, vocab=50)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = mask[1, :1] = 0
+    ids[mask == 0] = 49
+    kw = dict(max_new_tokens=15, pad_token_id=49)
+    theirs = _hf_generate(hf, ids, attention_mask=mask, do_sample=False, eos_token_id=None, **kw)
+    assert torch.equal(generate(ours, ids, attention_mask=mask, **kw), theirs)
+    extra = dict(repetition_penalty=1.5, no_repeat_ngram_size=2)
+    theirs = _hf_generate(hf, ids, attention_mask=mask, do_sample=False, eos_token_id=None, **extra, **kw)
+    assert torch.equal(generate(ours, ids, attention_mask=mask, **extra, **kw), theirs)
+    theirs = _hf_generate(hf, ids, attention_mask=mask, do_sample=False, eos_token_id=None, num_beams=3, **kw)
+    assert torch.equal(generate(ours, ids, attention_mask=mask, num_beams=3, **kw), theirs)
+
+
+# ---------------------------------------------------------------- streaming and best-of-n
+def test_stream_yields_the_generated_columns_in_order():
+    model, ids = gpt(), prompt()
+    kw = dict(max_new_tokens=9, do_sample=True, top_k=5)
+    full = generate(model, ids, generator=torch.Generator().manual_seed(3), **kw)
+    it = stream(model, ids, generator=torch.Generator().manual_seed(3), **kw)
+    cols = list(it)
+    assert len(cols) == 9 and torch.equal(torch.stack(cols, 1), full[:, 5:])
+    assert torch.equal(it.sequences, full)
+    assert torch.is_grad_enabled()  # inference mode does not leak out of the iterator
+    full[:, 0] = 0  # outputs are ordinary tensors: editable in place
+    cols[0] += 1
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def put(self, value):
+            self.calls.append(("put", value.clone()))
+
+        def end(self):
+            self.calls.append(("end", None))
+
+    rec = Recorder()
+    out = generate(model, ids, max_new_tokens=4, streamer=rec)
+    assert torch.equal(rec.calls[0][1], ids) and rec.calls[-1][0] == "end"
+    assert torch.equal(torch.stack([v for _, v in rec.calls[1:-1]], 1), out[:, 5:])
+
+
+def test_best_of_n_picks_the_best_by_logprob_and_by_a_scorer():
+    model, ids = gpt(), prompt(2, 4)
+    out = best_of_n(model, ids, 6, max_new_tokens=6, generator=torch.Generator().manual_seed(0), temperature=2.0)
+    assert out.candidates.shape == (2, 6, 10)
+    for b in range(2):
+        lp = teacher_forced_logprob(model, out.candidates[b], 4)
+        torch.testing.assert_close(out.logprobs[b], lp, atol=1e-4, rtol=0)
+        assert torch.equal(out.sequences[b], out.candidates[b, int(lp.argmax())])
+
+    def count_of_seven(prompt_ids, new_ids):
+        return float(new_ids.count(7))
+
+    out = best_of_n(model, ids, 6, scorer=count_of_seven, max_new_tokens=6, temperature=2.0,
+                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    for b in range(2):
+        counts = [(c[4:] == 7).sum().item() for c in out.candidates[b]]
+        assert (out.sequences[b][4:] == 7).sum().item() == max(counts)
+
+
+# ---------------------------------------------------------------- bad input, before any work
+class CountingGPT(GPT):
+    calls = 0
+
+    def forward(self, *a, **k):
+        CountingGPT.calls += 1
+        return super().forward(*a, **k)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(max_new_tokens=40), ConfigError, ["max_len=48", "max_new_tokens=40"]),
+        (dict(max_new_tokens=-1), ConfigError, ["max_new_tokens"]),
+        (dict(top_p=0.0, do_sample=True), ConfigError, ["top_p"]),
+        (dict(top_p=1.5, do_sample=True), ConfigError, ["top_p"]),
+        (dict(num_beams=0), ConfigError, ["num_beams"]),
+        (dict(num_beams=2, num_return_sequences=3), ConfigError, ["num_return_sequences", "num_beams"]),
+        (dict(num_return_sequences=2), ConfigError, ["num_return_sequences"]),
+        (dict(temperature=-1.0), ConfigError, ["temperature"]),
+        (dict(repetition_penalty=0.0), ConfigError, ["repetition_penalty"]),
+        (dict(eos_token_id=V), ConfigError, ["eos_token_id"]),
+        (dict(max_new_token=5), ConfigError, ["max_new_token", "did you mean 'max_new_tokens'"]),
+        (dict(early_stopping="sometimes"), ConfigError, ["early_stopping"]),
+    ],
+)
+def test_bad_options_are_named_before_any_work(kwargs, error, words):
+    torch.manual_seed(0)
+    model = CountingGPT(GPTConfig(vocab_size=V, d_model=16, n_head=2, n_layer=1, max_len=48)).eval()
+    CountingGPT.calls = 0
+    with pytest.raises(error) as info:
+        generate(model, prompt(2, 10), **kwargs)
+    for w in words:
+        assert w in str(info.value)
+    assert CountingGPT.calls == 0
+
+
+def test_bad_inputs_are_named():
+    model = gpt()
+    with pytest.raises(DataError, match="token id 99"):
+        generate(model, torch.tensor([[1, 99]]))
+    with pytest.raises(ConfigError, match="max_len=48"):
+        generate(model, torch.zeros(1, 49, dtype=torch.long), max_new_tokens=0)
+    with pytest.raises(DataError, match="left padding"):
+        generate(model, torch.ones(1, 3, dtype=torch.long), attention_mask=torch.tensor([[1, 1, 0]]))
+    with pytest.raises(DataError, match="encoder_input_ids"):
+        generate(encdec(), torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(ConfigError, match="beam"):
+        stream(model, prompt(), num_beams=2)
+
+
+def test_zero_new_tokens_returns_the_prompt():
+    model, ids = gpt(), prompt()
+    assert torch.equal(generate(model, ids, max_new_tokens=0), ids)
+    assert torch.equal(generate(model, ids, max_new_tokens=0, num_beams=2), ids)
