@@ -213,10 +213,10 @@ DEFAULT_RUN: dict[str, Any] = {
         "eval_every": 250,
         "checkpoint_every": 250,
         "eval_max_examples": 3000,
-        "threads": 1,  # a model this small gains nothing from more; on a busy CPU 2 threads ran 10x slower
+        "threads": 0,  # torch default: one per core. On a CPU shared with other jobs, train.threads=1 avoids oversubscription
     },
 }
-"""The README's main job: a small GPT learns 1-3 digit addition with the
+"""The README's main job: a small GPT learns 3-digit addition with the
 answer written least-significant digit first. Tuned in docs/training.md."""
 
 
