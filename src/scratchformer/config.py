@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin
 
-from .errors import ConfigError, did_you_mean
+from .errors import CheckpointError, ConfigError, did_you_mean
 
 C = TypeVar("C", bound="Config")
 
@@ -87,3 +87,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """Parse the UTF-8 JSON file ``path`` (the reading side of :func:`save_json`).
+
+    Callers check that the file exists first, so that error can say what the file is for.
+
+    Raises:
+        CheckpointError: the file is not UTF-8 or not valid JSON (naming the path).
+        OSError: the file cannot be read.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON: {e}") from None

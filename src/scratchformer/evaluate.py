@@ -28,11 +28,11 @@ Legend: B batch, T length, V vocabulary, K classes.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import save_json
+from .config import load_json, save_json
 from .errors import CheckpointError, ConfigError, DataError
 from .generate import best_of_n, generate
 
@@ -71,6 +71,14 @@ def _shifted(logits: Tensor, labels: Tensor, shift: bool) -> tuple[Tensor, Tenso
     return logits[:, :-1], labels[:, 1:]
 
 
+def _labelled(labels: Tensor, ignore_index: int, pad_token_id: int | None) -> Tensor:
+    """(B, T) bool: the positions that carry a label (not ``ignore_index``, not ``pad_token_id`` when given)."""
+    keep = labels != ignore_index
+    if pad_token_id is not None:
+        keep &= labels != pad_token_id
+    return keep
+
+
 def token_accuracy(
     logits: Tensor,
     labels: Tensor,
@@ -92,9 +100,7 @@ def token_accuracy(
     """
     logits, labels = _shifted(logits, labels, shift)
     pred = _predictions(logits, labels)
-    keep = labels != ignore_index
-    if pad_token_id is not None:
-        keep &= labels != pad_token_id
+    keep = _labelled(labels, ignore_index, pad_token_id)
     n = int(keep.sum())
     return float(((pred == labels) & keep).sum()) / n if n else math.nan
 
@@ -166,12 +172,11 @@ def cross_entropy_sum(
 ) -> tuple[float, int]:
     """(sum of token cross-entropies, number of labelled tokens), to aggregate over batches."""
     logits, labels = _shifted(logits, labels, shift)
-    labels = labels.clone()
-    if pad_token_id is not None:
-        labels[labels == pad_token_id] = ignore_index
+    keep = _labelled(labels, ignore_index, pad_token_id)
+    labels = labels.masked_fill(~keep, ignore_index)
     flat = logits.reshape(-1, logits.size(-1)).float()  # (B T, V)
     ce = F.cross_entropy(flat, labels.reshape(-1), ignore_index=ignore_index, reduction="sum")
-    return float(ce), int((labels != ignore_index).sum())
+    return float(ce), int(keep.sum())
 
 
 # ---------------------------------------------------------------------------- by length
@@ -264,24 +269,28 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Left-pad id lists -> ids (B, T), mask (B, T)."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, T - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, T - len(r) :] = 1
-    return ids.to(device), mask.to(device)
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode, then restore its training flag (also on error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
-def _right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _pad_rows(
+    rows: Sequence[Sequence[int]], pad: int, device: torch.device, side: str
+) -> tuple[Tensor, Tensor]:
+    """Pad id lists on ``side`` ("left" or "right") -> ids (B, T), mask (B, T) (1 on real tokens)."""
     T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)  # (B, T)
     for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
+        start = T - len(r) if side == "left" else 0
+        ids[i, start : start + len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, start : start + len(r)] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -291,13 +300,13 @@ def _generation_inputs(
     """generate() inputs for a batch of prompts, and where the new tokens start in the output."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if task.kind == "seq2seq":
-        src, src_mask = _right_pad([p.ids for p in prompts], pad, device)
+        src, src_mask = _pad_rows([p.ids for p in prompts], pad, device, "right")
         inputs: dict[str, Any] = {"encoder_input_ids": src}
         if not bool(src_mask.all()):
             inputs["encoder_attention_mask"] = src_mask
         # decoding starts from the model's own start token, the one it was trained with
         return inputs, 1
-    ids, mask = _left_pad([p.ids for p in prompts], pad, device)
+    ids, mask = _pad_rows([p.ids for p in prompts], pad, device, "left")
     inputs = {"input_ids": ids}
     if not bool(mask.all()):
         inputs["attention_mask"] = mask
@@ -310,6 +319,17 @@ def _expected_ids(task: Any, tokenizer: Any, answer: str) -> list[int]:
     if task.kind == "lm" and tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
     return ids
+
+
+def _decoding_options(task: Any, tokenizer: Any, prompts: Sequence[Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with defaults for a batch of prompts: room for the longest expected answer,
+    and for GPT tasks stopping (and padding) at the tokenizer's EOS. Given options win."""
+    options = dict(options)
+    options.setdefault("max_new_tokens", max(len(_expected_ids(task, tokenizer, p.answer)) for p in prompts))
+    if task.kind == "lm" and tokenizer.eos_token_id is not None:
+        options.setdefault("eos_token_id", tokenizer.eos_token_id)
+        options.setdefault("pad_token_id", tokenizer.pad_token_id)
+    return options
 
 
 def generate_answers(
@@ -333,11 +353,7 @@ def generate_answers(
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         inputs, new_from = _generation_inputs(task, tokenizer, chunk, device)
-        options = dict(generate_options)
-        options.setdefault("max_new_tokens", max(len(_expected_ids(task, tokenizer, p.answer)) for p in chunk))
-        if task.kind == "lm" and tokenizer.eos_token_id is not None:
-            options.setdefault("eos_token_id", tokenizer.eos_token_id)
-            options.setdefault("pad_token_id", tokenizer.pad_token_id)
+        options = _decoding_options(task, tokenizer, chunk, generate_options)
         seqs = generate(model, **inputs, **options)
         out.extend(row[new_from:] for row in seqs.tolist())
     return out
@@ -382,9 +398,7 @@ def evaluate_by_length(
     if max_per_length is not None and max_per_length < 1:
         raise ConfigError(f"max_per_length={max_per_length} must be >= 1 or None")
     trained = train_lengths(task)
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         if task.kind == "classification":
             rows = _classification_by_length(model, task, split, batch_size, max_per_length, trained)
         elif hasattr(task, "prompts") and hasattr(task, "check_answer"):
@@ -396,8 +410,6 @@ def evaluate_by_length(
                 f"task {task.name!r} (kind {task.kind!r}) has no per-length answers to check; evaluate_by_length "
                 "needs a generative task (prompts + check_answer) or a classification task with lengths"
             )
-    finally:
-        model.train(was_training)
     decoding = {k: v for k, v in generate_options.items() if isinstance(v, (int, float, str, bool, type(None)))}
     return LengthTable(task=task.name, split=split, train_lengths=trained, rows=rows, decoding=decoding, label=label)
 
@@ -470,17 +482,11 @@ def top_at_n_accuracy(
     prompts = task.prompts(split)[:max_problems] if max_problems else task.prompts(split)
     device = _model_device(model)
     ok: list[bool] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             inputs, _ = _generation_inputs(task, tokenizer, chunk, device)
-            options = dict(sampling_kwargs)
-            options.setdefault("max_new_tokens", max(len(_expected_ids(task, tokenizer, p.answer)) for p in chunk))
-            if task.kind == "lm" and tokenizer.eos_token_id is not None:
-                options.setdefault("eos_token_id", tokenizer.eos_token_id)
-                options.setdefault("pad_token_id", tokenizer.pad_token_id)
+            options = _decoding_options(task, tokenizer, chunk, sampling_kwargs)
             ids = inputs.pop("input_ids", None)
 
             def verifier(prompt_ids: list[int], new_ids: list[int]) -> float:
@@ -488,8 +494,6 @@ def top_at_n_accuracy(
 
             out = best_of_n(model, ids, n, scorer=verifier, **inputs, **options)
             ok.extend(bool(s >= 1.0) for s in out.scores.tolist())
-    finally:
-        model.train(was_training)
     by_length: dict[int, list[bool]] = {}
     for p, good in zip(prompts, ok):
         by_length.setdefault(int(p.length), []).append(good)
@@ -565,10 +569,7 @@ def _read_table(run_dir: str | os.PathLike) -> LengthTable:
     path = Path(run_dir) / "eval.json"
     if not path.is_file():
         raise CheckpointError(f"{str(path)!r} does not exist; run evaluate_run on {str(run_dir)!r} first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{str(path)!r} is not valid JSON: {e}") from None
+    data = load_json(path)
     if not data.get("by_length"):
         raise CheckpointError(f"{str(path)!r} has no accuracy-by-length table to compare")
     table = LengthTable.from_dict(data["by_length"])

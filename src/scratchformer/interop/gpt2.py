@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from ..config import atomic_write_bytes, save_json
+from ..config import atomic_write_bytes, load_json, save_json
 from ..errors import CheckpointError, ConfigError
 from ..models.config import GPTConfig
 from ..models.gpt import GPT
@@ -375,10 +375,7 @@ def _read_directory(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}; a Hugging Face GPT-2 directory needs one")
-    try:
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
+    hf_config = load_json(config_path)
     if not isinstance(hf_config, dict) or hf_config.get("model_type") != "gpt2":
         found = hf_config.get("model_type") if isinstance(hf_config, dict) else type(hf_config).__name__
         raise CheckpointError(f"{config_path} describes model_type={found!r}, not 'gpt2'")

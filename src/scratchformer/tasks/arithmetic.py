@@ -17,18 +17,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from scratchformer.errors import ConfigError, DataError
 from scratchformer.tasks.base import (
     IGNORE_INDEX,
     ExampleDataset,
     GenerativeTask,
+    PrebuiltSplitsTask,
     Prompt,
-    Task,
     TaskConfig,
-    check_fractions,
     check_positive_int,
+    check_split_fractions,
     register_task,
 )
 from scratchformer.tokenizers.arithmetic import ArithmeticTokenizer
@@ -83,6 +82,39 @@ def _check_base(base: Any) -> None:
 def _check_policy(value: str) -> None:
     if value not in ("take_all", "error"):
         raise ConfigError(f"if_too_few={value!r} must be 'take_all' or 'error'")
+
+
+def _check_per_length_config(config: Any, problem: str, operator: str) -> None:
+    """Normalise and check the fields shared by the per-length configs (in place).
+
+    ``config`` has ``train_lengths``, ``test_lengths`` (parsed here into sorted
+    tuples), ``base``, ``if_too_few`` and ``{train,test}_examples_per_length``.
+    ``problem`` names the shortest expression in errors (e.g. "an addition
+    'a+b'"), ``operator`` its operator symbol.
+
+    Raises:
+        ConfigError: a bad field, a length <= 2 (no room for a digit, the
+            operator and a digit), or a length too long for int64 arithmetic.
+    """
+    config.train_lengths = parse_lengths("train_lengths", config.train_lengths)
+    config.test_lengths = parse_lengths("test_lengths", config.test_lengths)
+    _check_base(config.base)
+    _check_policy(config.if_too_few)
+    check_positive_int("train_examples_per_length", config.train_examples_per_length)
+    check_positive_int("test_examples_per_length", config.test_examples_per_length)
+    for name in ("train_lengths", "test_lengths"):
+        for length in getattr(config, name):
+            if length <= 2:
+                raise ConfigError(
+                    f"{name} holds {length}: {problem} needs a length > 2 "
+                    f"(one digit, the {operator!r}, one digit); use lengths >= 3"
+                )
+            if config.base ** (length - 2) > _INT64_MAX // 2:
+                longest_ok = max(n for n in range(3, 200) if config.base ** (n - 2) <= _INT64_MAX // 2)
+                raise ConfigError(
+                    f"{name} holds {length}, too long for base {config.base} in int64 arithmetic; "
+                    f"use lengths <= {longest_ok}"
+                )
 
 
 # ---------------------------------------------------------------------- numpy helpers
@@ -228,7 +260,7 @@ def _resolve_count(
     return free
 
 
-class _PerLengthTask(Task):
+class _PerLengthTask(PrebuiltSplitsTask):
     """Shared split building for tasks with separate train and test length lists."""
 
     split_names_: tuple[str, ...] = ("train", "test")
@@ -236,10 +268,6 @@ class _PerLengthTask(Task):
     @property
     def split_names(self) -> tuple[str, ...]:
         return self.split_names_
-
-    def dataset(self, split: str) -> Dataset:
-        self.check_split(split)
-        return self._datasets[split]
 
     # subclass hooks -------------------------------------------------------
     def _available(self, length: int) -> int:
@@ -330,25 +358,7 @@ class DifferenceSignConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.train_lengths = parse_lengths("train_lengths", self.train_lengths)
-        self.test_lengths = parse_lengths("test_lengths", self.test_lengths)
-        _check_base(self.base)
-        _check_policy(self.if_too_few)
-        check_positive_int("train_examples_per_length", self.train_examples_per_length)
-        check_positive_int("test_examples_per_length", self.test_examples_per_length)
-        for name in ("train_lengths", "test_lengths"):
-            for length in getattr(self, name):
-                if length <= 2:
-                    raise ConfigError(
-                        f"{name} holds {length}: a difference 'a-b' needs a length > 2 "
-                        f"(one digit, the '-', one digit); use lengths >= 3"
-                    )
-                if self.base ** (length - 2) > _INT64_MAX // 2:
-                    longest_ok = max(n for n in range(3, 200) if self.base ** (n - 2) <= _INT64_MAX // 2)
-                    raise ConfigError(
-                        f"{name} holds {length}, too long for base {self.base} in int64 arithmetic; "
-                        f"use lengths <= {longest_ok}"
-                    )
+        _check_per_length_config(self, "a difference 'a-b'", "-")
         longest = max(self.train_lengths + self.test_lengths)
         if self.max_length is None:
             self.max_length = longest + 1
@@ -499,25 +509,7 @@ class AdditionSeq2SeqConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.train_lengths = parse_lengths("train_lengths", self.train_lengths)
-        self.test_lengths = parse_lengths("test_lengths", self.test_lengths)
-        _check_base(self.base)
-        _check_policy(self.if_too_few)
-        check_positive_int("train_examples_per_length", self.train_examples_per_length)
-        check_positive_int("test_examples_per_length", self.test_examples_per_length)
-        for name in ("train_lengths", "test_lengths"):
-            for length in getattr(self, name):
-                if length <= 2:
-                    raise ConfigError(
-                        f"{name} holds {length}: an addition 'a+b' needs a length > 2 "
-                        f"(one digit, the '+', one digit); use lengths >= 3"
-                    )
-                if self.base ** (length - 2) > _INT64_MAX // 2:
-                    longest_ok = max(n for n in range(3, 200) if self.base ** (n - 2) <= _INT64_MAX // 2)
-                    raise ConfigError(
-                        f"{name} holds {length}, too long for base {self.base} in int64 arithmetic; "
-                        f"use lengths <= {longest_ok}"
-                    )
+        _check_per_length_config(self, "an addition 'a+b'", "+")
 
 
 @register_task("addition_seq2seq")
@@ -742,17 +734,14 @@ class AdditionGPTConfig(TaskConfig):
                 f"(int64 arithmetic); use max_digits <= {limit}"
             )
         check_positive_int("num_examples", self.num_examples)
-        self.split_fractions = tuple(float(f) for f in self.split_fractions)
-        check_fractions("split_fractions", self.split_fractions, 3)
-        if self.split_fractions[0] == 0:
-            raise ConfigError("split_fractions gives the train split nothing; its first entry must be > 0")
+        self.split_fractions = check_split_fractions(self.split_fractions)
 
 
 GPT_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 @register_task("addition_gpt")
-class AdditionGPTTask(GenerativeTask):
+class AdditionGPTTask(PrebuiltSplitsTask, GenerativeTask):
     """Decoder-only arithmetic; see :class:`AdditionGPTConfig`.
 
     Batch: ``input_ids`` (B, T) ``<BOS> a op b = c <EOS>``, ``attention_mask``,
@@ -777,10 +766,6 @@ class AdditionGPTTask(GenerativeTask):
     @property
     def split_names(self) -> tuple[str, ...]:
         return tuple(s for s, f in zip(GPT_SPLITS, self.config.split_fractions) if f > 0)
-
-    def dataset(self, split: str) -> Dataset:
-        self.check_split(split)
-        return self._datasets[split]
 
     @property
     def widths(self) -> tuple[int, ...]:

@@ -116,6 +116,20 @@ def check_fractions(name: str, fractions: Sequence[float], count: int) -> None:
         raise ConfigError(f"{name}={tuple(fractions)!r} sums to {sum(fractions):g}; the fractions must sum to 1")
 
 
+def check_split_fractions(fractions: Sequence[float], name: str = "split_fractions") -> tuple[float, float, float]:
+    """``fractions`` as a (train, val, test) tuple of floats, checked.
+
+    Raises:
+        ConfigError: not three non-negative numbers summing to 1 (see
+            :func:`check_fractions`), or nothing for the train split.
+    """
+    checked = tuple(float(f) for f in fractions)
+    check_fractions(name, checked, 3)
+    if checked[0] == 0:
+        raise ConfigError(f"{name} gives the train split nothing; its first entry must be > 0")
+    return checked  # type: ignore[return-value]
+
+
 def make_config(config_cls: type[TaskConfig], options: Mapping[str, Any]) -> TaskConfig:
     """Build ``config_cls(**options)``, with a did-you-mean ConfigError for unknown option names."""
     fields = {f.name for f in dataclasses.fields(config_cls)}
@@ -239,7 +253,9 @@ class Task(abc.ABC):
     Subclasses set the class attributes ``name``, ``kind`` and
     ``config_class``, build their splits in ``__init__`` (deterministically
     from ``config.seed``) and implement :meth:`dataset` and
-    :meth:`split_names`. :meth:`collate` and :meth:`dataloader` are shared.
+    :meth:`split_names` (or derive from :class:`PrebuiltSplitsTask`, which
+    implements both over a dict of built splits). :meth:`collate` and
+    :meth:`dataloader` are shared.
     """
 
     name: ClassVar[str]
@@ -333,6 +349,25 @@ class Task(abc.ABC):
             "split_sizes": {s: len(self.dataset(s)) for s in self.split_names},
             "vocab_size": None if self.tokenizer is None else self.tokenizer.vocab_size,
         }
+
+
+class PrebuiltSplitsTask(Task):
+    """A Task that builds every split up front into ``self._datasets`` (split name -> Dataset).
+
+    :attr:`split_names` are the keys of ``_datasets`` in insertion order (so
+    build the training split first; a subclass may override it, e.g. to fix
+    the order); :meth:`dataset` checks the name and looks the split up.
+    """
+
+    _datasets: dict[str, Dataset]
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        return tuple(self._datasets)
+
+    def dataset(self, split: str) -> Dataset:
+        self.check_split(split)
+        return self._datasets[split]
 
 
 class GenerativeTask(Task):

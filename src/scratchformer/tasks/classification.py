@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from scratchformer.errors import ConfigError, DataError
 from scratchformer.tasks.base import (
     ExampleDataset,
-    Task,
+    PrebuiltSplitsTask,
     TaskConfig,
-    check_fractions,
     check_positive_int,
+    check_split_fractions,
     register_task,
 )
 from scratchformer.tasks.text import decode_utf8, resolve_tokenizer
@@ -132,16 +131,13 @@ class TextClassificationConfig(TaskConfig):
         super().__post_init__()
         if not self.path:
             raise ConfigError("text_classification needs path=<a .csv or .jsonl file>")
-        self.split_fractions = tuple(float(f) for f in self.split_fractions)
-        check_fractions("split_fractions", self.split_fractions, 3)
-        if self.split_fractions[0] == 0:
-            raise ConfigError("split_fractions gives the train split nothing; its first entry must be > 0")
+        self.split_fractions = check_split_fractions(self.split_fractions)
         check_positive_int("max_length", self.max_length, minimum=2)
         check_positive_int("vocab_size", self.vocab_size)
 
 
 @register_task("text_classification")
-class TextClassificationTask(Task):
+class TextClassificationTask(PrebuiltSplitsTask):
     """See :class:`TextClassificationConfig`. Batch: input_ids, attention_mask, labels (B,), lengths (tokens)."""
 
     kind = "classification"
@@ -211,14 +207,6 @@ class TextClassificationTask(Task):
         return ExampleDataset(
             {"input_ids": input_ids, "attention_mask": mask, "labels": y, "lengths": lengths}, row_lengths=lengths
         )
-
-    @property
-    def split_names(self) -> tuple[str, ...]:
-        return tuple(self._datasets)
-
-    def dataset(self, split: str) -> Dataset:
-        self.check_split(split)
-        return self._datasets[split]
 
     def texts(self, split: str) -> list[str]:
         """The raw texts of ``split``."""

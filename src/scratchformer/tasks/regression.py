@@ -8,15 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from scratchformer.errors import ConfigError, DataError
 from scratchformer.tasks.base import (
     ExampleDataset,
-    Task,
+    PrebuiltSplitsTask,
     TaskConfig,
-    check_fractions,
     check_positive_int,
+    check_split_fractions,
     register_task,
 )
 
@@ -47,14 +46,11 @@ class RegressionConfig(TaskConfig):
         check_positive_int("dim", self.dim)
         if not isinstance(self.noise, (int, float)) or self.noise < 0:
             raise ConfigError(f"noise={self.noise!r} must be a number >= 0")
-        self.split_fractions = tuple(float(f) for f in self.split_fractions)
-        check_fractions("split_fractions", self.split_fractions, 3)
-        if self.split_fractions[0] == 0:
-            raise ConfigError("split_fractions gives the train split nothing; its first entry must be > 0")
+        self.split_fractions = check_split_fractions(self.split_fractions)
 
 
 @register_task("regression")
-class RegressionTask(Task):
+class RegressionTask(PrebuiltSplitsTask):
     """See :class:`RegressionConfig`. Batch: ``inputs`` (B, D) float, ``targets`` (B,) float.
 
     Attributes:
@@ -90,10 +86,3 @@ class RegressionTask(Task):
             )
             start = stop
 
-    @property
-    def split_names(self) -> tuple[str, ...]:
-        return tuple(self._datasets)
-
-    def dataset(self, split: str) -> Dataset:
-        self.check_split(split)
-        return self._datasets[split]

@@ -30,7 +30,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from scratchformer.errors import ConfigError, DataError
-from scratchformer.tasks.base import Example, Task, TaskConfig, check_positive_int, register_task
+from scratchformer.tasks.base import Example, PrebuiltSplitsTask, TaskConfig, check_positive_int, register_task
 from scratchformer.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ class TextLMConfig(TaskConfig):
 
 
 @register_task("text_lm")
-class TextLMTask(Task):
+class TextLMTask(PrebuiltSplitsTask):
     """Random-window language modelling on one file; see :class:`TextLMConfig`.
 
     Attributes:
@@ -334,14 +334,6 @@ class TextLMTask(Task):
         }
         if config.val_fraction > 0:
             self._datasets["val"] = TiledBlockDataset(self.tokens[self.split_point :], bs)
-
-    @property
-    def split_names(self) -> tuple[str, ...]:
-        return tuple(self._datasets)
-
-    def dataset(self, split: str) -> Dataset:
-        self.check_split(split)
-        return self._datasets[split]
 
 
 # ====================================================================== text_lines_lm
@@ -449,7 +441,7 @@ class TextLinesLMConfig(TaskConfig):
 
 
 @register_task("text_lines_lm")
-class TextLinesLMTask(Task):
+class TextLinesLMTask(PrebuiltSplitsTask):
     """Line-per-example language modelling; see :class:`TextLinesLMConfig`.
 
     Examples hold ``input_ids`` (one line, up to ``max_length`` tokens),
@@ -515,14 +507,6 @@ class TextLinesLMTask(Task):
         dtype = token_dtype(self.tokenizer.vocab_size)
         flat = np.fromiter((i for r in rows for i in r), dtype=dtype, count=int(offsets[-1]))
         return LinesDataset(flat, offsets)
-
-    @property
-    def split_names(self) -> tuple[str, ...]:
-        return tuple(self._datasets)
-
-    def dataset(self, split: str) -> Dataset:
-        self.check_split(split)
-        return self._datasets[split]
 
     def texts(self, split: str) -> list[str]:
         """The lines of ``split`` (before tokenisation and truncation)."""

@@ -20,11 +20,8 @@ from typing import Any, Final
 from scratchformer.errors import DataError
 from scratchformer.tokenizers.base import (
     FORMAT_VERSION,
-    UNKNOWN_POLICIES,
-    Tokenizer,
-    UnknownPolicy,
+    ClosedVocabTokenizer,
     check_header,
-    check_unknown_policy,
     require_field,
 )
 
@@ -52,7 +49,7 @@ _SPECIAL_IDS: frozenset[int] = frozenset({EOS_ID, BOS_ID, PAD_ID, UNK_ID})
 _LITERALS: tuple[str, ...] = tuple(sorted((t for t in ARITHMETIC_VOCAB if len(t) > 1), key=len, reverse=True))
 
 
-class ArithmeticTokenizer(Tokenizer):
+class ArithmeticTokenizer(ClosedVocabTokenizer):
     """The fixed arithmetic vocabulary (see the id table in the module docstring).
 
     Args:
@@ -73,30 +70,10 @@ class ArithmeticTokenizer(Tokenizer):
     UNK_ID = UNK_ID
     END_OF_SUM_ID = END_OF_SUM_ID
 
-    def __init__(self, unknown: UnknownPolicy = "unk") -> None:
-        check_unknown_policy(unknown)
-        self.unknown: UnknownPolicy = unknown
-
     # ------------------------------------------------------------------ vocabulary
     @property
     def vocab_size(self) -> int:
         return len(ARITHMETIC_VOCAB)
-
-    @property
-    def pad_token_id(self) -> int:
-        return PAD_ID
-
-    @property
-    def bos_token_id(self) -> int:
-        return BOS_ID
-
-    @property
-    def eos_token_id(self) -> int:
-        return EOS_ID
-
-    @property
-    def unk_token_id(self) -> int:
-        return UNK_ID
 
     @property
     def plus_token_id(self) -> int:
@@ -151,12 +128,10 @@ class ArithmeticTokenizer(Tokenizer):
                 symbol = text[pos]
                 i = _TOKEN_TO_ID.get(symbol)
                 if i is None:
-                    if self.unknown == "error":
-                        raise DataError(
-                            f"symbol {symbol!r} at position {pos} is not in the arithmetic vocabulary "
-                            f"{list(ARITHMETIC_VOCAB)} (or use unknown='unk')"
-                        )
-                    i = UNK_ID
+                    i = self._unknown_id(
+                        f"symbol {symbol!r} at position {pos} is not in the arithmetic vocabulary "
+                        f"{list(ARITHMETIC_VOCAB)} (or use unknown='unk')"
+                    )
                 ids.append(i)
                 pos += 1
         return ids
@@ -183,10 +158,7 @@ class ArithmeticTokenizer(Tokenizer):
             raise DataError(
                 f"arithmetic tokenizer dict has vocab {vocab}, but this scratchformer's is {list(ARITHMETIC_VOCAB)}"
             )
-        unknown = require_field(data, "unknown", str)
-        if unknown not in UNKNOWN_POLICIES:
-            raise DataError(f"arithmetic tokenizer dict has unknown={unknown!r}, not one of {list(UNKNOWN_POLICIES)}")
-        return cls(unknown=unknown)
+        return cls(unknown=cls._unknown_from_dict(data))
 
     def __repr__(self) -> str:
         return f"ArithmeticTokenizer(unknown={self.unknown!r})"

@@ -11,6 +11,10 @@ saving to / loading from JSON. A subclass supplies four things:
   the special-token id properties),
 - ``to_dict()`` / ``from_dict()`` for its JSON form.
 
+A closed-vocabulary tokenizer (char, arithmetic) derives from
+:class:`ClosedVocabTokenizer`, which serves the special ids from class
+constants and implements the "unk"/"error" unknown-symbol policy.
+
 JSON form: a dict with ``"type"`` (the registry name, e.g. ``"char"``),
 ``"format_version"`` and the tokenizer's own fields. ``save`` writes it
 atomically; ``load`` and :func:`scratchformer.tokenizers.load_tokenizer`
@@ -298,6 +302,65 @@ class Tokenizer(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class ClosedVocabTokenizer(Tokenizer):
+    """A tokenizer with a closed vocabulary: fixed special ids and an unknown-symbol policy.
+
+    A subclass sets the class constants ``PAD_ID``, ``BOS_ID``, ``EOS_ID`` and
+    ``UNK_ID`` (the special-token id properties return them), calls
+    ``super().__init__(unknown)``, maps a symbol outside its vocabulary with
+    :meth:`_unknown_id`, and reads its ``"unknown"`` JSON field with
+    :meth:`_unknown_from_dict`.
+
+    Args:
+        unknown: "unk" maps a symbol outside the vocabulary to ``UNK_ID``,
+            "error" raises DataError (ConfigError for any other value).
+    """
+
+    PAD_ID: ClassVar[int]
+    BOS_ID: ClassVar[int]
+    EOS_ID: ClassVar[int]
+    UNK_ID: ClassVar[int]
+
+    def __init__(self, unknown: UnknownPolicy = "unk") -> None:
+        check_unknown_policy(unknown)
+        self.unknown: UnknownPolicy = unknown
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.PAD_ID
+
+    @property
+    def bos_token_id(self) -> int:
+        return self.BOS_ID
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.EOS_ID
+
+    @property
+    def unk_token_id(self) -> int:
+        return self.UNK_ID
+
+    def _unknown_id(self, message: str) -> int:
+        """``UNK_ID`` under the "unk" policy; under "error", DataError(``message``).
+
+        ``message`` names the symbol, its position and the fix.
+        """
+        if self.unknown == "error":
+            raise DataError(message)
+        return self.UNK_ID
+
+    @classmethod
+    def _unknown_from_dict(cls, data: dict[str, Any]) -> UnknownPolicy:
+        """The ``"unknown"`` field of a tokenizer dict; DataError unless it is a known policy."""
+        unknown = require_field(data, "unknown", str)
+        if unknown not in UNKNOWN_POLICIES:
+            raise DataError(
+                f"{cls.type_name} tokenizer dict has unknown={unknown!r}, not one of {list(UNKNOWN_POLICIES)}"
+            )
+        return unknown
 
 
 # ---------------------------------------------------------------------- helpers

@@ -32,8 +32,7 @@ from typing import Any
 from scratchformer.errors import ConfigError, DataError
 from scratchformer.tokenizers.base import (
     FORMAT_VERSION,
-    UNKNOWN_POLICIES,
-    Tokenizer,
+    ClosedVocabTokenizer,
     UnknownPolicy,
     check_header,
     check_unknown_policy,
@@ -47,7 +46,7 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
 """Special tokens in id order; characters start at ``len(SPECIAL_TOKENS)``."""
 
 
-class CharTokenizer(Tokenizer):
+class CharTokenizer(ClosedVocabTokenizer):
     """One id per character, ordered by corpus frequency (see module docstring).
 
     Build one with :meth:`fit`; the constructor takes an explicit character list.
@@ -63,8 +62,13 @@ class CharTokenizer(Tokenizer):
 
     type_name = "char"
 
+    PAD_ID = PAD_ID
+    BOS_ID = BOS_ID
+    EOS_ID = EOS_ID
+    UNK_ID = UNK_ID
+
     def __init__(self, chars: Sequence[str], unknown: UnknownPolicy = "unk", lower: bool = False) -> None:
-        check_unknown_policy(unknown)
+        super().__init__(unknown)
         chars = tuple(chars)
         seen: set[str] = set()
         for c in chars:
@@ -75,7 +79,6 @@ class CharTokenizer(Tokenizer):
             seen.add(c)
         self._chars = chars
         self._char_to_id = {c: i + len(SPECIAL_TOKENS) for i, c in enumerate(chars)}
-        self.unknown: UnknownPolicy = unknown
         self.lower = lower
 
     @classmethod
@@ -128,22 +131,6 @@ class CharTokenizer(Tokenizer):
         return len(SPECIAL_TOKENS) + len(self._chars)
 
     @property
-    def pad_token_id(self) -> int:
-        return PAD_ID
-
-    @property
-    def bos_token_id(self) -> int:
-        return BOS_ID
-
-    @property
-    def eos_token_id(self) -> int:
-        return EOS_ID
-
-    @property
-    def unk_token_id(self) -> int:
-        return UNK_ID
-
-    @property
     def special_token_ids(self) -> set[int]:
         return set(range(len(SPECIAL_TOKENS)))
 
@@ -168,12 +155,10 @@ class CharTokenizer(Tokenizer):
         for pos, c in enumerate(text):
             i = self._char_to_id.get(c)
             if i is None:
-                if self.unknown == "error":
-                    raise DataError(
-                        f"character {c!r} at position {pos} is not in the CharTokenizer vocabulary "
-                        f"(fit on a corpus containing it, or use unknown='unk')"
-                    )
-                i = UNK_ID
+                i = self._unknown_id(
+                    f"character {c!r} at position {pos} is not in the CharTokenizer vocabulary "
+                    f"(fit on a corpus containing it, or use unknown='unk')"
+                )
             ids.append(i)
         return ids
 
@@ -206,9 +191,7 @@ class CharTokenizer(Tokenizer):
         if specials != list(SPECIAL_TOKENS):
             raise DataError(f"char tokenizer dict has special_tokens {specials}, expected {list(SPECIAL_TOKENS)}")
         chars = require_field(data, "chars", list)
-        unknown = require_field(data, "unknown", str)
-        if unknown not in UNKNOWN_POLICIES:
-            raise DataError(f"char tokenizer dict has unknown={unknown!r}, not one of {list(UNKNOWN_POLICIES)}")
+        unknown = cls._unknown_from_dict(data)
         return cls(chars, unknown=unknown, lower=require_field(data, "lower", bool))
 
     def __repr__(self) -> str:

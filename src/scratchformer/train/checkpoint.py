@@ -40,7 +40,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..config import atomic_write_bytes, save_json
+from ..config import atomic_write_bytes, load_json, save_json
 from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -288,10 +288,7 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> dict[str, Any
     mpath = path / "manifest.json"
     if not mpath.is_file():
         raise CheckpointError(f"{str(path)!r} has no manifest.json: not a complete scratchformer checkpoint")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{str(mpath)!r} is not valid JSON: {e}") from None
+    manifest = load_json(mpath)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{str(mpath)!r} is not a {FORMAT} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -332,10 +329,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{str(path / 'model.safetensors')!r} is not a scratchformer weights file")
     opt_tensors, _ = read_tensors(path / "optimizer.safetensors")
     state_tensors, _ = read_tensors(path / "state.safetensors")
-    try:
-        data = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{str(path / 'state.json')!r} is not valid JSON: {e}") from None
+    data = load_json(path / "state.json")
     if data.get("step") != manifest["step"]:
         raise CheckpointError(f"{str(path)!r}: state.json step {data.get('step')} != manifest step {manifest['step']}")
     return Checkpoint(
