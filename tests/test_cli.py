@@ -175,3 +175,17 @@ def test_non_finite_loss_exits_1_naming_the_step(capsys, tmp_path):
                        "train.threads=1", f"train.out_dir={tmp_path}")
     assert code == 1
     assert "at step" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_generate_help_lists_every_decoding_option(capsys):
+    import pytest as _pytest
+
+    from scratchformer.cli import main as _main
+
+    with _pytest.raises(SystemExit):
+        _main(["generate", "--help"])
+    out = capsys.readouterr().out
+    for flag in ["--max-new-tokens", "--do-sample", "--temperature", "--top-k", "--top-p", "--num-beams",
+                 "--num-return-sequences", "--repetition-penalty", "--no-repeat-ngram-size", "--length-penalty",
+                 "--early-stopping", "--no-cache", "--stream", "--seed"]:
+        assert flag in out, flag

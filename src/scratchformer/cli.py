@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
     p.add_argument("--num-return-sequences", type=int, default=1, help="how many continuations to print")
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeating tokens")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, help="never repeat an n-gram of this size")
+    p.add_argument("--length-penalty", type=float, default=None,
+                   help="beam search: score = log-prob / length**penalty (> 0 favours longer outputs)")
+    p.add_argument("--early-stopping", choices=["true", "false", "never"], default=None,
+                   help="beam search: stop when num_beams hypotheses are done (true), heuristically (false), or never")
+    p.add_argument("--no-cache", action="store_true", help="recompute every position each step (no key/value cache)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are produced (greedy or sampling)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--best", action="store_true", help="use best.safetensors instead of model.safetensors")
     p.add_argument("--raw", action="store_true", help="print the model's output as is (no un-reversing)")
@@ -306,6 +313,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     }
     if args.repetition_penalty is not None:
         options["repetition_penalty"] = args.repetition_penalty
+    if args.no_repeat_ngram_size is not None:
+        options["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    if args.length_penalty is not None:
+        options["length_penalty"] = args.length_penalty
+    if args.early_stopping is not None:
+        options["early_stopping"] = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
+    if args.no_cache:
+        options["use_cache"] = False
+    if args.seed is not None:
+        options["generator"] = torch.Generator().manual_seed(args.seed)
     options = {k: v for k, v in options.items() if v is not None}
     model = run.model
     if run.arch == "gpt":
@@ -313,6 +330,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if room <= 0:
             raise ConfigError(f"the prompt has {len(ids)} tokens; the model's max_len is {model.config.max_len}")
         options["max_new_tokens"] = args.max_new_tokens if args.max_new_tokens is not None else min(64, room)
+        if args.stream:
+            return _print_stream(model, x, tok, options)
         out = model.generate(x, **options)
         new = [row[len(ids):] for row in out.tolist()]
     elif run.arch == "encoder_decoder":
@@ -334,6 +353,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"{shown_prompt}{text}")
         else:
             print(text)
+    return 0
+
+
+def _print_stream(model, x, tok, options: dict[str, Any]) -> int:
+    """Print the prompt, then each new token as soon as it is chosen."""
+    from .generate import stream
+
+    if options.get("num_return_sequences", 1) != 1:
+        raise _usage("--stream prints one continuation; drop --num-return-sequences")
+    tokens = stream(model, x, **options)  # options are checked here, before any output
+    print(tok.decode(x[0].tolist(), skip_special_tokens=True), end="", flush=True)
+    for step in tokens:
+        token = int(step[0])
+        if token == tok.eos_token_id:
+            break
+        print(tok.decode([token], skip_special_tokens=True), end="", flush=True)
+    print()
     return 0
 
 
