@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on evaluated examples (per problem length when tabulated by length; 0: all)")
     p.add_argument("--batch-size", type=int, default=512, help="evaluation batch size")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    p.add_argument("--compare", metavar="OTHER_RUN", nargs="+", default=[],
+                   help="also draw these runs' accuracy-by-length lines (from their eval.json) on the plot")
 
     p = sub.add_parser(
         "generate",
@@ -210,33 +212,19 @@ def format_results(metrics: dict[str, dict[str, float]], title: str = "") -> str
 
 # ---------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    import importlib.util
+    from .evaluate import evaluate_run
+    from .train.run import read_run_config
 
-    from .train.run import load_run, read_run_config
-
-    read_run_config(args.run_dir)  # a clear error for a missing/foreign directory first
+    for run_dir in [args.run_dir, *args.compare]:
+        read_run_config(run_dir)  # a clear error for a missing/foreign directory first
     if args.max_examples < 0 or args.batch_size <= 0:
         raise _usage("--max-examples must be >= 0 and --batch-size > 0")
     weights = "best" if args.best else "model"
-    if importlib.util.find_spec("scratchformer.evaluate") is not None:
-        from . import evaluate as ev
-
-        if hasattr(ev, "evaluate_run"):  # teacher-forced metrics + generation accuracy by length + plot
-            for split in args.split or [None]:
-                report = ev.evaluate_run(args.run_dir, split=split, weights=weights, batch_size=args.batch_size,
-                                         max_per_length=args.max_examples or None)
-                _print_eval_report(report, Path(args.run_dir), args.json)
-            return 0
-    run = load_run(args.run_dir, weights=weights)
-    task = run.build_task()
-    from .train.trainer import eval_splits, evaluate_split
-
-    splits = args.split or eval_splits(task)
-    for s in splits:
-        task.check_split(s)
-    metrics = {s: evaluate_split(run.model, task, s, batch_size=args.batch_size, max_examples=args.max_examples)
-               for s in splits}
-    _print_report(metrics, args.json)
+    # teacher-forced metrics, then generation accuracy by length and its plot
+    for split in args.split or [None]:
+        report = evaluate_run(args.run_dir, split=split, weights=weights, batch_size=args.batch_size,
+                              max_per_length=args.max_examples or None, compare=tuple(args.compare))
+        _print_eval_report(report, Path(args.run_dir), args.json)
     return 0
 
 
@@ -256,21 +244,6 @@ def _print_eval_report(report: dict[str, Any], run_dir: Path, as_json: bool) -> 
         print(LengthTable.from_dict(table).to_markdown())
     if report.get("plot"):
         print(f"plot: {run_dir / report['plot']}")
-
-
-def _print_report(report: Any, as_json: bool) -> None:
-    if hasattr(report, "to_dict"):
-        report = report.to_dict()
-    if as_json:
-        print(json.dumps(report, indent=2, sort_keys=True, default=str))
-    elif isinstance(report, dict) and report and all(isinstance(v, dict) for v in report.values()) and all(
-        all(isinstance(x, (int, float)) for x in v.values()) for v in report.values()
-    ):
-        print(format_results(report))
-    elif hasattr(report, "to_markdown"):
-        print(report.to_markdown())
-    else:
-        print(report if isinstance(report, str) else json.dumps(report, indent=2, sort_keys=True, default=str))
 
 
 # ---------------------------------------------------------------------- generate
