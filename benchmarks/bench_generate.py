@@ -7,6 +7,15 @@ weights are made once as a ``GPT2LMHeadModel`` and imported with
 ``gpt2_from_hf``, so both libraries run the same function; the benchmark
 also checks that both produce the same tokens.
 
+The headline rows compare float32 with float32. With ``--bf16`` (on by
+default; ``--no-bf16`` to skip) each shape gets two extra, labelled rows
+with the cache: scratchformer with bfloat16 weights and activations
+(``model.to(torch.bfloat16)``) against Hugging Face in float32, and against
+Hugging Face also in bfloat16; "same" there compares with that row's HF
+tokens, and ``same_as_fp32`` in the JSON says whether our bfloat16 tokens
+equal our float32 ones. A bfloat16-vs-float32 ratio measures a
+different computation and is not the headline.
+
 Run:  PYTHONPATH=src .venv/bin/python benchmarks/bench_generate.py [--repeats 5] [--only small]
 Writes benchmarks/out/bench_generate.json and prints a table.
 """
@@ -14,6 +23,7 @@ Writes benchmarks/out/bench_generate.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -41,7 +51,34 @@ def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, torch.Tensor]:
     return statistics.median(times), out
 
 
-def bench_shape(name: str, repeats: int, caches: tuple[bool, ...]) -> list[dict]:
+def _hf_generate(hf, prompt: torch.Tensor, use_cache: bool) -> torch.Tensor:
+    with torch.inference_mode():
+        return hf.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            do_sample=False,
+            use_cache=use_cache,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+
+
+def _row(name: str, dtypes: str, use_cache: bool, t_ours: float, t_hf: float, same: bool, r: int) -> dict:
+    return {
+        "model": name,
+        "dtype": dtypes,
+        "use_cache": use_cache,
+        "scratchformer_tokens_per_s": NEW / t_ours,
+        "hf_tokens_per_s": NEW / t_hf,
+        "ratio": t_hf / t_ours,
+        "same_tokens": same,
+        "repeats": r,
+    }
+
+
+def bench_shape(name: str, repeats: int, caches: tuple[bool, ...], bf16: bool) -> list[dict]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from scratchformer.generate import generate
@@ -52,39 +89,24 @@ def bench_shape(name: str, repeats: int, caches: tuple[bool, ...]) -> list[dict]
     ours = gpt2_from_hf(hf).eval()
     prompt = torch.randint(0, SHAPES[name]["vocab_size"], (1, PROMPT))
     rows = []
+    fp32_tokens = {}
     for use_cache in caches:
         # without the cache every step re-reads the whole sequence: slow, so fewer repeats and no warm-up
         r = repeats if use_cache else max(1, repeats // 3)
-
-        def run_hf():
-            with torch.inference_mode():
-                return hf.generate(
-                    prompt,
-                    attention_mask=torch.ones_like(prompt),
-                    max_new_tokens=NEW,
-                    min_new_tokens=NEW,
-                    do_sample=False,
-                    use_cache=use_cache,
-                    eos_token_id=None,
-                    pad_token_id=0,
-                )
-
-        def run_ours():
-            return generate(ours, prompt, max_new_tokens=NEW, use_cache=use_cache)
-
-        t_ours, out_ours = timed(run_ours, r, warmup=use_cache)
-        t_hf, out_hf = timed(run_hf, r, warmup=use_cache)
-        rows.append(
-            {
-                "model": name,
-                "use_cache": use_cache,
-                "scratchformer_tokens_per_s": NEW / t_ours,
-                "hf_tokens_per_s": NEW / t_hf,
-                "ratio": t_hf / t_ours,
-                "same_tokens": bool(torch.equal(out_ours, out_hf)),
-                "repeats": r,
-            }
-        )
+        t_ours, out_ours = timed(lambda: generate(ours, prompt, max_new_tokens=NEW, use_cache=use_cache), r, use_cache)
+        t_hf, out_hf = timed(lambda: _hf_generate(hf, prompt, use_cache), r, use_cache)
+        fp32_tokens[use_cache] = (out_ours, out_hf, t_hf)
+        rows.append(_row(name, "fp32/fp32", use_cache, t_ours, t_hf, bool(torch.equal(out_ours, out_hf)), r))
+    if bf16 and True in fp32_tokens:
+        out32, hf_out32, t_hf32 = fp32_tokens[True]
+        ours16, hf16 = gpt2_from_hf(hf).eval().to(torch.bfloat16), copy.deepcopy(hf).to(torch.bfloat16)
+        t_ours16, out16 = timed(lambda: generate(ours16, prompt, max_new_tokens=NEW), repeats)
+        t_hf16, hf_out16 = timed(lambda: _hf_generate(hf16, prompt, True), repeats)
+        same32 = bool(torch.equal(out16, out32))
+        rows.append(_row(name, "bf16/fp32", True, t_ours16, t_hf32, bool(torch.equal(out16, hf_out32)), repeats))
+        rows.append(_row(name, "bf16/bf16", True, t_ours16, t_hf16, bool(torch.equal(out16, hf_out16)), repeats))
+        for row in rows[-2:]:
+            row["same_as_fp32"] = same32
     return rows
 
 
@@ -94,6 +116,9 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(SHAPES), default=None)
     parser.add_argument("--cache", choices=["both", "on", "off"], default="both", help="with/without the KV cache")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=True, help="add the labelled bfloat16 rows (cache on)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "bench_generate.json"))
     args = parser.parse_args()
     import transformers
@@ -103,13 +128,17 @@ def main() -> None:
     caches = {"both": (True, False), "on": (True,), "off": (False,)}[args.cache]
     rows = []
     for name in [args.only] if args.only else list(SHAPES):
-        rows.extend(bench_shape(name, args.repeats, caches))
+        rows.extend(bench_shape(name, args.repeats, caches, args.bf16))
     print(f"batch 1, greedy, prompt {PROMPT} + {NEW} new tokens, CPU threads={torch.get_num_threads()}")
-    print(f"{'model':<10} {'cache':<6} {'ours tok/s':>11} {'HF tok/s':>10} {'ours/HF':>8} {'same':>5}")
+    print("dtype = ours/HF weights; bf16 rows are extra (a different computation), never the headline")
+    print("same = our tokens equal HF's in that row; ours=fp32 = our bf16 tokens equal our fp32 tokens")
+    header = f"{'model':<10} {'dtype':<10} {'cache':<6} {'ours tok/s':>11} {'HF tok/s':>10} {'ours/HF':>8} {'same':>5}"
+    print(header + f" {'ours=fp32':>9}")
     for row in rows:
         print(
-            f"{row['model']:<10} {str(row['use_cache']):<6} {row['scratchformer_tokens_per_s']:>11.1f} "
-            f"{row['hf_tokens_per_s']:>10.1f} {row['ratio']:>7.2f}x {str(row['same_tokens']):>5}"
+            f"{row['model']:<10} {row['dtype']:<10} {str(row['use_cache']):<6} "
+            f"{row['scratchformer_tokens_per_s']:>11.1f} {row['hf_tokens_per_s']:>10.1f} {row['ratio']:>7.2f}x "
+            f"{str(row['same_tokens']):>5} {str(row.get('same_as_fp32', '-')):>9}"
         )
     result = {
         "benchmark": "batch-1 greedy generation",

@@ -464,3 +464,172 @@ def test_zero_new_tokens_returns_the_prompt():
     model, ids = gpt(), prompt()
     assert torch.equal(generate(model, ids, max_new_tokens=0), ids)
     assert torch.equal(generate(model, ids, max_new_tokens=0, num_beams=2), ids)
+
+
+# ---------------------------------------------------------------- the lean decode step (models/fast_decode.py)
+def _padded_batch(model: GPT, lengths=(3, 6, 4), T: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.zeros(len(lengths), T, dtype=torch.long)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, T - n :], mask[i, T - n :] = prompt(1, n, seed=n)[0], 1
+    return ids, mask
+
+
+def _step_vs_forward(model: GPT, ids: torch.Tensor, mask: torch.Tensor | None, steps: int = 6) -> None:
+    """Feed the prompt, then the same tokens one at a time, to forward (cache a)
+    and to the fast step (cache b): the last position's logits must agree to
+    1e-6 at every call, and with a full no-cache pass."""
+    step = model.fast_decoder()
+    assert step is not None, "this configuration should be covered by DecodeStep"
+    B, T0 = ids.shape
+    full_mask = None if mask is None else torch.cat([mask, mask.new_ones(B, steps)], dim=1)
+    positions = None if mask is None else (full_mask.cumsum(-1) - 1).clamp(min=0)
+    seq = ids
+    with torch.no_grad():
+        a, b = model.new_cache(), model.new_cache(capacity=T0 + 2)  # b must also grow past its capacity
+        p0 = None if mask is None else positions[:, :T0]
+        expected = model(ids, attention_mask=mask, position_ids=p0, cache=a)[:, -1]
+        # the whole prompt at once: the head then multiplies one row instead of T0 (another gemm
+        # blocking), so allow float rounding relative to the logits' scale
+        assert (step(ids, b, mask, p0) - expected).abs().max() <= 1e-6 * expected.abs().max().clamp(min=1.0)
+        for t in range(steps):
+            L = T0 + t
+            tok = torch.randint(0, V, (B, 1), generator=torch.Generator().manual_seed(t))
+            m = None if full_mask is None else full_mask[:, : L + 1]
+            p = None if positions is None else positions[:, L : L + 1]
+            expected = model(tok, attention_mask=m, position_ids=p, cache=a)[:, -1]  # (B, V)
+            got = step(tok, b, m, p)
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+            seq = torch.cat([seq, tok], dim=1)
+            full = model(seq, attention_mask=m, position_ids=None if positions is None else positions[:, : L + 1])
+            # cache vs no cache differ only in float summation order: relative to the logits' scale
+            assert (got - full[:, -1]).abs().max() <= 1e-5 * full.abs().max().clamp(min=1.0)
+        assert a.length == b.length == T0 + steps
+
+
+@pytest.mark.parametrize("positional", CACHEABLE)
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swiglu"])
+def test_decode_step_equals_forward_with_cache(positional, norm_first, activation):
+    model = gpt(positional, norm_first=norm_first, activation=activation)
+    _step_vs_forward(model, prompt(2, 5), None)
+
+
+@pytest.mark.parametrize("positional", CACHEABLE)
+def test_decode_step_equals_forward_on_a_left_padded_batch(positional):
+    model = gpt(positional)
+    ids, mask = _padded_batch(model)
+    _step_vs_forward(model, ids, mask)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(norm="rmsnorm"),
+        dict(norm="layernorm_tutorial", norm_first=False),
+        dict(norm="none"),
+        dict(use_residual=False),
+        dict(use_mlp=False),
+        dict(bias=False, tie_embeddings=False),
+        dict(attn_impl="reference", positional="alibi"),
+        dict(scale_embeddings=True, positional="sinusoidal"),
+        dict(norm_eps=1e-3, n_layer=3, n_head=2),
+    ],
+)
+def test_decode_step_equals_forward_for_other_components(options):
+    _step_vs_forward(gpt(**options), prompt(2, 4), None)
+    ids, mask = _padded_batch(gpt(**options))
+    _step_vs_forward(gpt(**options), ids, mask)
+
+
+def test_decode_step_refuses_what_it_cannot_reproduce():
+    from scratchformer.models.fast_decode import DecodeStep
+
+    model = gpt(dropout=0.1).train()
+    assert model.fast_decoder() is None
+    with pytest.raises(ValueError, match="dropout"):
+        DecodeStep(model)
+    assert gpt(dropout=0.1).eval().fast_decoder() is not None  # dropout is off in eval mode
+    assert gpt(dropout=0.0).train().fast_decoder() is not None  # and a no-op at p=0
+    hooked = gpt()
+    hooked.decoder.blocks[1].mlp.register_forward_hook(lambda m, i, o: o)
+    assert hooked.fast_decoder() is None  # the step would skip the hook
+    assert "hooks" in DecodeStep.supports(hooked)
+    assert "cache" in DecodeStep.supports(gpt("sinusoidal_xl"))
+
+
+def test_gpt_decode_step_checks_ids_and_falls_back_to_forward():
+    model, ids = gpt(), prompt(2, 4)
+    with torch.no_grad():
+        cache = model.new_cache()
+        model(ids, cache=cache)
+        with pytest.raises(ValueError, match=f"token id {V}"):
+            model.decode_step(torch.full((2, 1), V), cache)
+        with pytest.raises(ValueError, match=r"\(batch, new tokens\)"):
+            model.decode_step(torch.zeros(2, dtype=torch.long), cache)
+        assert cache.length == 4  # nothing was appended by the failed calls
+        expected = model(torch.cat([ids, ids[:, :1]], 1))[:, -1]
+        torch.testing.assert_close(model.decode_step(ids[:, :1], cache), expected, atol=1e-5, rtol=0)
+        # a hook rules the lean step out: decode_step runs forward, hook included
+        calls = []
+        model.lm_head.register_forward_hook(lambda m, i, o: calls.append(1))
+        cache = model.new_cache()
+        model(ids, cache=cache)
+        torch.testing.assert_close(model.decode_step(ids[:, :1], cache), expected, atol=1e-5, rtol=0)
+        assert len(calls) == 2
+
+
+@pytest.mark.parametrize("options", [dict(), dict(positional="rope", activation="swiglu", norm_first=False)])
+def test_generate_decodes_with_the_fast_step_and_the_same_tokens(monkeypatch, options):
+    model, ids = gpt(**options), prompt(2, 5)
+    made = model.fast_decoder
+    calls = []
+
+    def counting():
+        step = made()
+
+        def run(*args):
+            calls.append(1)
+            return step(*args)
+
+        return run
+
+    monkeypatch.setattr(model, "fast_decoder", counting)
+    out = generate(model, ids, max_new_tokens=10)
+    assert len(calls) == 10  # the prompt, then every step
+    assert torch.equal(out, naive_greedy(model, ids, 10))
+    beams = generate(model, ids, max_new_tokens=6, num_beams=3)
+    assert torch.equal(beams, generate(model, ids, max_new_tokens=6, num_beams=3, use_cache=False))
+
+
+def test_kv_cache_preallocates_to_its_capacity_and_grows_past_it():
+    from scratchformer.nn.attention import KVCache
+
+    cache = KVCache(capacity=5)
+    k = torch.randn(2, 3, 4, 8)
+    keys, _ = cache.update(k[:, :, :2], k[:, :, :2])
+    storage = cache.k
+    assert storage.size(2) == 5  # allocated once, at the final length
+    for t in range(2, 4):
+        keys, values = cache.update(k[:, :, t : t + 1], -k[:, :, t : t + 1])
+        assert cache.k is storage
+    assert torch.equal(keys, k) and torch.equal(values[:, :, 2:], -k[:, :, 2:])
+    cache.update(k, k)  # 8 > capacity: grows, keeping what was cached
+    assert cache.length == 8 and torch.equal(cache.keys_values()[0][:, :, :4], k)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="capacity"):
+            KVCache(capacity=bad)
+
+
+def test_decode_step_follows_the_model_dtype():
+    model, ids = gpt().to(torch.bfloat16), prompt(2, 5)
+    with torch.no_grad():
+        a, b = model.new_cache(), model.new_cache()
+        model(ids, cache=a)
+        model(ids, cache=b)
+        step = model.fast_decoder()  # built after .to(): it reads the bfloat16 weights
+        for t in range(4):
+            tok = prompt(2, 1, seed=t)
+            got = step(tok, b)
+            assert got.dtype == torch.bfloat16
+            torch.testing.assert_close(got, model(tok, cache=a)[:, -1])  # bfloat16 tolerances

@@ -26,6 +26,7 @@ K candidates kept per beam step.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -256,7 +257,10 @@ class _Runner:
 
     ``next_logits(seq)`` takes all N rows' tokens so far (N, L) and returns the
     logits (N, V) for position L; with a cache it feeds only the tokens the
-    cache has not seen.
+    cache has not seen. With a cache, the storage is sized for the final
+    length once, and the new tokens go through the model's lean
+    ``fast_decoder()`` step when it has one (GPT; the same logits as
+    ``forward``, computed for the last position only), else through ``forward``.
     """
 
     def __init__(
@@ -268,21 +272,29 @@ class _Runner:
         positions: Tensor | None,
         memory: Tensor | None,
         encoder_mask: Tensor | None,
+        total: int,
     ) -> None:
         self.model, self.encoder_decoder = model, encoder_decoder
-        self.cache = model.new_cache() if use_cache else None
+        self.cache = self.fast = None
+        if use_cache:
+            sized = "capacity" in inspect.signature(model.new_cache).parameters
+            self.cache = model.new_cache(capacity=total) if sized else model.new_cache()  # (GPT: sized once)
+            fast_decoder = getattr(model, "fast_decoder", None)
+            self.fast = fast_decoder() if fast_decoder is not None and not encoder_decoder else None
         self.mask, self.positions = mask, positions  # (N, L_max) or None
         self.memory, self.encoder_mask = memory, encoder_mask  # (N, S, C), (N, S)
 
     def next_logits(self, seq: Tensor) -> Tensor:
         L = seq.size(1)
         start = self.cache.length if self.cache is not None else 0
+        mask = self.mask[:, :L] if self.mask is not None else None
+        pos = self.positions[:, start:L] if self.positions is not None else None
+        if self.fast is not None:  # ids already checked (the prompt) or produced by the model
+            return self.fast(seq.narrow(1, start, L - start), self.cache, mask, pos).float()  # (N, V)
         new = seq[:, start:]  # (N, L - start)
         if self.encoder_decoder:
             logits, _ = self.model.decode(new, self.memory, self.encoder_mask, None, self.cache)
         else:
-            mask = self.mask[:, :L] if self.mask is not None else None
-            pos = self.positions[:, start:L] if self.positions is not None else None
             logits = self.model(new, attention_mask=mask, position_ids=pos, cache=self.cache)
         return logits[:, -1].float()  # (N, V)
 
@@ -424,7 +436,7 @@ def _prepare(
             m = attention_mask.long().repeat_interleave(R, dim=0)  # (N, T0)
             mask = torch.cat([m, m.new_ones(m.size(0), cfg.max_new_tokens)], dim=1)  # (N, total)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row starts at 0
-        runner = _Runner(model, encdec, use_cache, mask, positions, memory, enc_mask)
+        runner = _Runner(model, encdec, use_cache, mask, positions, memory, enc_mask, total)
         eos_t = torch.tensor(eos, device=device) if eos else None
         return _Job(cfg, runner, prompt, input_ids.size(0), R, total, vocab, eos_t, pad, input_ids)
 
@@ -455,7 +467,7 @@ class _SampleLoop:
     def step(self) -> Tensor:
         """Choose and append one token per row; return them (N,)."""
         job, cfg, L = self.job, self.job.cfg, self.length
-        seq = self.buf[:, :L]
+        seq = self.buf.narrow(1, 0, L)  # (N, L)
         logits = job.runner.next_logits(seq)  # (N, V)
         scores = process_scores(cfg, seq, logits) if self.processing else logits
         if self.logits is not None:

@@ -57,6 +57,8 @@ class Embedder(nn.Module):
         self.scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
         self.drop = nn.Dropout(cfg.dropout)
         self.max_len = cfg.max_len
+        # positions 0..max_len-1 made once; a call slices them instead of building a tensor
+        self.register_buffer("positions", torch.arange(cfg.max_len), persistent=False)
 
     def forward(self, ids: Tensor, start: int = 0, position_ids: Tensor | None = None) -> Tensor:
         """ids: (B, T) -> (B, T, C). ``start`` is the position of ids[:, 0]."""
@@ -70,8 +72,9 @@ class Embedder(nn.Module):
         x = self.tok(ids)  # (B, T, C)
         if self.scale != 1.0:
             x = x * self.scale
-        positions = position_ids if position_ids is not None else torch.arange(start, start + T, device=ids.device)
-        return self.drop(self.pos.embed(x, positions))
+        positions = position_ids if position_ids is not None else self.positions[start : start + T]  # (T,)
+        x = self.pos.embed(x, positions)
+        return self.drop(x) if self.training and self.drop.p > 0 else x
 
 
 def check_ids(ids: Tensor, vocab_size: int, name: str) -> None:

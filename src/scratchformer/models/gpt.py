@@ -5,12 +5,17 @@ Legend: B batch, T new positions, S all positions (cache + new), C width, V voca
 
 from __future__ import annotations
 
+import logging
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.attention import KVCache
-from .common import Embedder, ModelCache, Stack, check_mask, drop_full_mask, init_weights
+from .common import Embedder, ModelCache, Stack, check_ids, check_mask, drop_full_mask, init_weights
 from .config import GPTConfig
+from .fast_decode import DecodeStep
+
+log = logging.getLogger(__name__)
 
 
 class GPT(nn.Module):
@@ -31,13 +36,46 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.tok.weight
 
-    def new_cache(self) -> ModelCache:
+    def new_cache(self, capacity: int | None = None) -> ModelCache:
+        """An empty key/value cache, one ``KVCache`` per block. ``capacity``: the
+        final length, when known (storage is then allocated once); None grows as needed."""
         if not self.embed.pos.supports_cache:
             raise ValueError(
                 f"positional={self.config.positional!r} gives a position an encoding that depends on the "
                 "sequence length, so it cannot decode with a key/value cache; pass use_cache=False"
             )
-        return ModelCache([KVCache() for _ in self.decoder.blocks])
+        return ModelCache([KVCache(capacity=capacity) for _ in self.decoder.blocks])
+
+    def fast_decoder(self) -> DecodeStep | None:
+        """The lean one-token step for this model's current weights and mode
+        (see ``models/fast_decode.py``), or None when the configuration is not
+        covered (the reason is logged at debug level); then use ``forward``."""
+        reason = DecodeStep.supports(self)
+        if reason is not None:
+            log.debug("GPT.fast_decoder: falling back to forward: %s", reason)
+            return None
+        return DecodeStep(self)
+
+    def decode_step(
+        self,
+        token_ids: Tensor,
+        cache: ModelCache,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Logits (B, V) for the position after ``token_ids`` (B, 1), extending ``cache``.
+
+        The same result as ``self(token_ids, attention_mask, position_ids, cache)[:, -1]``
+        (arguments as in ``forward``), through ``DecodeStep`` when the
+        configuration allows and ``forward`` otherwise. This convenience
+        checks the ids and reads the weights on every call; a decoding loop
+        should hold ``fast_decoder()`` instead, as ``generate`` does.
+        """
+        check_ids(token_ids, self.config.vocab_size, "token_ids")
+        step = self.fast_decoder()
+        if step is None:
+            return self(token_ids, attention_mask, position_ids, cache)[:, -1]
+        return step(token_ids, cache, attention_mask, position_ids)
 
     def forward(
         self,

@@ -99,30 +99,41 @@ class KVCache:
 
     Self-attention appends each step's keys/values (``update``); cross-attention
     computes them once from the encoder output and keeps them (``static``).
-    Storage grows by doubling, so appending one token is amortised O(1).
+    With ``capacity`` (the final length, when the caller knows it, as
+    ``generate`` does) the storage is allocated once at the first update and
+    an append is one copy per tensor; without it, or past it, storage grows by
+    doubling, so appending one token is amortised O(1).
     """
 
-    def __init__(self, static: bool = False) -> None:
+    def __init__(self, static: bool = False, capacity: int | None = None) -> None:
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"KVCache capacity={capacity!r} must be a positive integer or None (grow as needed)")
         self.static = static
-        self.k: Tensor | None = None  # (B, H, capacity, D)
+        self.capacity = capacity
+        self.k: Tensor | None = None  # (B, H, allocated, D)
         self.v: Tensor | None = None
         self.length = 0
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append k, v of shape (B, H, T, D); return all keys/values (B, H, S, D)."""
-        T = k.size(2)
-        if self.k is None or self.length + T > self.k.size(2):
-            capacity = max(2 * (self.length + T), 16)
-            new_k = k.new_empty(k.size(0), k.size(1), capacity, k.size(3))
-            new_v = v.new_empty(v.size(0), v.size(1), capacity, v.size(3))
-            if self.k is not None:
-                new_k[:, :, : self.length] = self.k[:, :, : self.length]
-                new_v[:, :, : self.length] = self.v[:, :, : self.length]
-            self.k, self.v = new_k, new_v
-        self.k[:, :, self.length : self.length + T] = k
-        self.v[:, :, self.length : self.length + T] = v
-        self.length += T
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+        """Append k, v of shape (B, H, T, D); return all keys/values (B, H, S, D)
+        (views of the storage, valid until the next update)."""
+        T, L = k.size(2), self.length
+        if self.k is None or L + T > self.k.size(2):
+            self._grow(k, v, L + T)
+        self.k.narrow(2, L, T).copy_(k)
+        self.v.narrow(2, L, T).copy_(v)
+        self.length = S = L + T
+        return self.k.narrow(2, 0, S), self.v.narrow(2, 0, S)
+
+    def _grow(self, k: Tensor, v: Tensor, needed: int) -> None:
+        """Allocate room for at least ``needed`` positions, keeping what is cached."""
+        size = self.capacity if self.capacity is not None and self.capacity >= needed else max(2 * needed, 16)
+        new_k = k.new_empty(k.size(0), k.size(1), size, k.size(3))  # (B, H, size, D)
+        new_v = v.new_empty(v.size(0), v.size(1), size, v.size(3))
+        if self.k is not None:
+            new_k[:, :, : self.length] = self.k[:, :, : self.length]
+            new_v[:, :, : self.length] = self.v[:, :, : self.length]
+        self.k, self.v = new_k, new_v
 
     def set_static(self, k: Tensor, v: Tensor) -> None:
         self.k, self.v, self.length = k, v, k.size(2)
@@ -198,8 +209,8 @@ class MultiHeadAttention(nn.Module):
         """
         B, T, C = x.shape
         if context is None:  # self-attention: one matmul makes q, k, v
-            q, k, v = self.in_proj(x).split(C, dim=-1)  # 3 x (B, T, C)
-            q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, H, T, D)
+            qkv = self.in_proj(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, H, D)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
@@ -225,7 +236,10 @@ class MultiHeadAttention(nn.Module):
             mask = attention_mask_for(T, S, key_padding=key_padding, causal=causal, device=x.device)
             out, weights = attention(q, k, v, mask, bias, dropout_p, self.impl, need_weights)
         out = out.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.out_proj(out)), weights
+        out = self.out_proj(out)
+        if self.training and self.dropout > 0:  # a no-op otherwise: skip the module call
+            out = self.resid_dropout(out)
+        return out, weights
 
 
 def rotate_half(x: Tensor) -> Tensor:

@@ -1,0 +1,242 @@
+"""A lean decoding step for ``GPT``: the math of ``GPT.forward`` with a cache,
+for the new tokens of one call (one per decoding step, or the prompt), without
+the module calls, returning only the last position's logits.
+
+Why it exists: decoding one token with a small model is about a hundred tiny
+kernels, and in eager PyTorch the Python around them (about fifty
+``nn.Module`` calls, ``split``/``view``/``transpose`` chains, masks, position
+tensors, an id check that reads the ids back) costs more than the kernels.
+``DecodeStep`` reads the weights once, when it is built, and then runs each
+step as a flat sequence of the same kernels ``forward`` uses (``F.embedding``,
+``F.layer_norm``, ``addmm``/``mm`` as in ``F.linear``,
+``F.scaled_dot_product_attention``), writing into the same ``ModelCache``.
+So a prompt can be run with ``forward`` and continued with ``DecodeStep``,
+and the logits agree with ``forward``'s to float rounding (tested to 1e-6 for
+every cacheable positional encoding, both norm placements, every activation
+and left-padded batches).
+
+What it does not cover, it refuses at construction (``DecodeStep.supports``
+names the reason) and callers fall back to ``forward``: active dropout
+(training mode with dropout > 0), positional encodings without cache
+support, modules with forward hooks (they would be skipped), and any block
+that is not the standard self-attention + feed-forward ``Block``. The norm,
+activation, positional scheme and attention implementation are not looked up
+by name: LayerNorm runs ``F.layer_norm`` on its weights, any other norm runs
+its own ``forward``; positions go through the scheme's ``embed``, ``rotary``
+and ``attention_bias`` methods, as in ``forward``.
+
+Legend: B batch, S keys (cached + new), C model width, H heads, D head width,
+V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn.attention import MultiHeadAttention, apply_rotary, attention
+from ..nn.blocks import Block
+from ..nn.feedforward import ACTIVATIONS, FeedForward
+from ..nn.masks import attention_mask_for
+from ..nn.norm import LayerNorm
+from .common import ModelCache, check_mask, drop_full_mask
+
+Fn = Callable[[Tensor], Tensor]
+
+
+def _linear(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)`` for 2-D x, with ``weight_t = weight.t()``
+    made once: the same addmm/mm kernel, minus the transpose per call."""
+    return torch.addmm(bias, x, weight_t) if bias is not None else torch.mm(x, weight_t)
+
+
+def _norm_fn(norm: nn.Module) -> Fn:
+    """The norm as a plain function: LayerNorm through its fused kernel, any
+    other norm (RMSNorm, the tutorial LayerNorm, none) through its own forward."""
+    if type(norm) is LayerNorm:
+        shape, weight, bias, eps = norm.weight.shape, norm.weight, norm.bias, norm.eps
+        cudnn = torch.backends.cudnn.enabled
+        return lambda x: torch.layer_norm(x, shape, weight, bias, eps, cudnn)  # what F.layer_norm calls
+    return norm.forward
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One block's weights, read once. Linear weights are stored transposed (in, out)."""
+
+    attn_norm: Fn
+    w_qkv: Tensor  # (C, 3C)
+    b_qkv: Tensor | None
+    w_out: Tensor  # (C, C)
+    b_out: Tensor | None
+    impl: str
+    mlp_norm: Fn | None  # None: the block has no feed-forward sublayer
+    w_up: Tensor | None  # (C, F)
+    b_up: Tensor | None
+    w_gate: Tensor | None  # (C, F), swiglu only
+    b_gate: Tensor | None
+    w_down: Tensor | None  # (F, C)
+    b_down: Tensor | None
+    activation: Fn | None  # None for swiglu (gated)
+
+
+def _t(linear: nn.Linear | None) -> tuple[Tensor | None, Tensor | None]:
+    if linear is None:
+        return None, None
+    return linear.weight.t(), linear.bias
+
+
+def _layer(block: Block) -> _Layer:
+    mha: MultiHeadAttention = block.attn.sublayer
+    w_qkv, b_qkv = _t(mha.in_proj)
+    w_out, b_out = _t(mha.out_proj)
+    if block.mlp is None:
+        return _Layer(_norm_fn(block.attn.norm), w_qkv, b_qkv, w_out, b_out, mha.impl, *([None] * 8))
+    ffn: FeedForward = block.mlp.sublayer
+    return _Layer(
+        _norm_fn(block.attn.norm), w_qkv, b_qkv, w_out, b_out, mha.impl,
+        _norm_fn(block.mlp.norm), *_t(ffn.up), *_t(ffn.gate), *_t(ffn.down),
+        None if ffn.gate is not None else ACTIVATIONS[ffn.activation],
+    )  # fmt: skip
+
+
+class DecodeStep:
+    """``step(token_ids (B, T), cache) -> logits (B, V)`` for one ``GPT``: the
+    logits after the last token, as ``forward(token_ids, cache=cache)[:, -1]``.
+    T is 1 for a decoding step, or the prompt's length for the first call.
+
+    Build it once per decoding run, after the weights are final (it keeps
+    views of the parameters: in-place updates show through, but a parameter
+    replaced afterwards, e.g. by ``model.to(dtype)``, would not).
+    ``DecodeStep.supports(model)`` is None when the model's configuration is
+    covered, else the reason it is not; the constructor raises that reason.
+    """
+
+    @staticmethod
+    def supports(model: nn.Module) -> str | None:
+        """None if every module of ``model`` is one this step reproduces exactly; else why not."""
+        cfg = model.config
+        if model.training and cfg.dropout > 0:
+            return "dropout is active (training mode with dropout > 0); call model.eval()"
+        if not model.embed.pos.supports_cache:
+            return f"positional={cfg.positional!r} does not support a key/value cache"
+        if model.embed.tok.max_norm is not None:
+            return "the token embedding renormalises (max_norm)"
+        for name, m in model.named_modules():
+            if m._forward_hooks or m._forward_pre_hooks:
+                return f"module {name or 'model'!r} has forward hooks, which the step would skip"
+        for i, block in enumerate(model.decoder.blocks):
+            if type(block) is not Block or block.cross is not None:
+                return f"block {i} is not a plain self-attention block"
+            if type(block.attn.sublayer) is not MultiHeadAttention or not block.attn.sublayer.causal:
+                return f"block {i} does not hold a causal MultiHeadAttention"
+            if block.mlp is not None and type(block.mlp.sublayer) is not FeedForward:
+                return f"block {i} has a feed-forward sublayer of type {type(block.mlp.sublayer).__name__}"
+        return None
+
+    def __init__(self, model: nn.Module) -> None:
+        reason = self.supports(model)
+        if reason is not None:
+            raise ValueError(f"DecodeStep cannot reproduce this model's forward: {reason}; use model(...) instead")
+        cfg = model.config
+        embed = model.embed
+        self.n_layer, self.n_head, self.d_model = cfg.n_layer, cfg.n_head, cfg.d_model
+        self.head_dim = cfg.d_model // cfg.n_head
+        self.norm_first, self.residual = cfg.norm_first, cfg.use_residual
+        self.max_len = embed.max_len
+        self.tok, self.scale, self.pos, self.positions = embed.tok.weight, embed.scale, embed.pos, embed.positions
+        self.layers = [_layer(b) for b in model.decoder.blocks]
+        self.final_norm = _norm_fn(model.decoder.final_norm)
+        self.w_head, self.b_head = _t(model.lm_head)
+
+    def __call__(
+        self,
+        token_ids: Tensor,
+        cache: ModelCache,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        """
+        Args:
+            token_ids: (B, T) the new tokens of each row: one per decoding
+                step, or a whole prompt. Not read back for a range check (an
+                id outside the vocabulary raises torch's IndexError from the
+                embedding); ``GPT.decode_step`` checks.
+            cache: the model's ``ModelCache``, extended by T positions.
+            attention_mask: (B, S) 1 for real tokens, cached and new, or None.
+            position_ids: (B, T) positions for absolute encodings; default
+                cache length onwards (as in ``forward``).
+        Returns:
+            logits (B, V) for the position after the last token (the only
+            position whose logits decoding needs; the others are not computed).
+        """
+        if token_ids.dim() != 2 or token_ids.size(1) < 1:
+            raise ValueError(f"token_ids must have shape (batch, new tokens), got {tuple(token_ids.shape)}")
+        if len(cache.self_attn) != self.n_layer or cache.cross_attn:
+            raise ValueError(f"cache has {len(cache.self_attn)} self-attention layers; this GPT has {self.n_layer}")
+        B, T = token_ids.shape
+        start = cache.length
+        S = start + T
+        if S > self.max_len:
+            raise ValueError(
+                f"sequence length {S} exceeds the model's max_len={self.max_len}; "
+                f"shorten the input or build the model with a larger max_len"
+            )
+        check_mask(attention_mask, B, S, "attention_mask")
+        attention_mask = drop_full_mask(attention_mask)
+        H, D, C = self.n_head, self.head_dim, self.d_model
+
+        x = F.embedding(token_ids, self.tok)  # (B, T, C)
+        if self.scale != 1.0:
+            x = x * self.scale
+        positions = position_ids if position_ids is not None else self.positions[start:S]  # (B, T) or (T,)
+        x = self.pos.embed(x, positions).view(B * T, C)  # (B T, C): every matmul is 2-D
+        device = x.device
+        rope = self.pos.rotary(start, T, device)  # 2 x (T, D) or None
+        bias = self.pos.attention_bias(start, T, S, True, device)  # (H, T, S) or None
+        # as in forward: without padding or bias a square causal call lets SDPA build the triangle
+        is_causal = attention_mask is None and bias is None and T == S
+        mask = attention_mask_for(T, S, key_padding=attention_mask, causal=True, device=device)  # (B|1, 1, T, S) or None
+
+        for layer, kv in zip(self.layers, cache.self_attn):
+            # self-attention sublayer
+            h = layer.attn_norm(x) if self.norm_first else x
+            qkv = _linear(h, layer.w_qkv, layer.b_qkv)  # (B T, 3C)
+            if T == 1:  # the decoding step: a view suffices
+                q, k, v = qkv.view(B, 3, H, 1, D).unbind(1)  # 3 x (B, H, 1, D)
+            else:
+                q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
+            if rope is not None:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            k, v = kv.update(k, v)  # (B, H, S, D)
+            if layer.impl == "fused" and bias is None and (mask is None or is_causal):
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)  # (B, H, T, D)
+            else:
+                o, _ = attention(q, k, v, mask, bias, 0.0, layer.impl)
+            o = o.reshape(B, C) if T == 1 else o.transpose(1, 2).reshape(B * T, C)  # (B T, C)
+            x = self._residual(x, _linear(o, layer.w_out, layer.b_out), layer.attn_norm)
+            if layer.mlp_norm is None:
+                continue
+            # feed-forward sublayer
+            h = layer.mlp_norm(x) if self.norm_first else x
+            u = _linear(h, layer.w_up, layer.b_up)  # (B T, F)
+            if layer.activation is None:  # swiglu
+                u = F.silu(u) * _linear(h, layer.w_gate, layer.b_gate)
+            else:
+                u = layer.activation(u)
+            x = self._residual(x, _linear(u, layer.w_down, layer.b_down), layer.mlp_norm)
+        if T > 1:
+            x = x.view(B, T, C)[:, -1]  # (B, C): norms act per position, so only the last one matters
+        return _linear(self.final_norm(x), self.w_head, self.b_head)  # (B, V)
+
+    def _residual(self, x: Tensor, out: Tensor, norm: Fn) -> Tensor:
+        """Pre-norm: x + out; post-norm: norm(x + out); without the skip, out alone."""
+        y = x + out if self.residual else out
+        return y if self.norm_first else norm(y)
+
+
+__all__ = ["DecodeStep"]
