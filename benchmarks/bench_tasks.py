@@ -67,7 +67,16 @@ def main() -> None:
         "results": results,
     }
     out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    lines = [
+        f"Measured with `python benchmarks/bench_tasks.py` ({os.cpu_count()} CPUs; best of {args.repeats}).",
+        "",
+        "| case | examples | time (ms) |",
+        "|---|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r['case']} | {sum(r['split_sizes'].values()):,} | {r['seconds_best'] * 1000:.1f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
