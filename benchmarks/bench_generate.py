@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -156,7 +157,23 @@ def main() -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(out)
-    print(f"wrote {out}")
+    lines = [
+        f"Batch 1, greedy, {PROMPT}-token prompt + {NEW} new tokens, CPU threads={torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f} at the end. dtype is ours/HF weights: the bf16 rows are a "
+        "different computation, shown for reference, never the headline. `same`: our tokens equal HF's; "
+        "`ours=fp32`: our bf16 tokens equal our fp32 tokens.",
+        "",
+        "| model | dtype | cache | scratchformer tok/s | HF tok/s | scratchformer / HF | same | ours=fp32 |",
+        "|---|---|---|---:|---:|---:|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['dtype']} | {row['use_cache']} | {row['scratchformer_tokens_per_s']:.1f} "
+            f"| {row['hf_tokens_per_s']:.1f} | **{row['ratio']:.2f}x** | {row['same_tokens']} "
+            f"| {row.get('same_as_fp32', '-')} |"
+        )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

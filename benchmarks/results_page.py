@@ -44,6 +44,49 @@ def main() -> None:
         parts.append(path.read_text(encoding="utf-8").rstrip() if path.exists() else "_not measured yet_")
     (ROOT / "docs" / "results.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
     print(f"wrote {ROOT / 'docs' / 'results.md'}")
+    update_readme()
+
+
+def headline(name: str, stop: str | None = None) -> str:
+    """The table file ``name``, cut before the first line starting with ``stop``."""
+    path = OUT / name
+    if not path.exists():
+        return "_not measured yet_"
+    text = path.read_text(encoding="utf-8").rstrip()
+    return text.split("\n" + stop)[0].rstrip() if stop else text
+
+
+def update_readme() -> None:
+    """Replace the README's block between the results markers with the headline tables."""
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md lacks the markers {start} ... {end}")
+    block = "\n".join([
+        start,
+        "",
+        "**The main job** (`python benchmarks/default_run.py`):",
+        "",
+        headline("default_run.md"),
+        "",
+        "**Training step vs a plain nanoGPT-style PyTorch GPT** (`python benchmarks/bench_train.py`):",
+        "",
+        headline("bench_train.md", "**Where the speed-up"),
+        "",
+        "**Batch-1 greedy generation vs Hugging Face `generate`** (`python benchmarks/bench_generate.py`):",
+        "",
+        headline("bench_generate.md"),
+        "",
+        "More (context-length scaling of the written-out vs fused attention, optimizer and dtype variants, "
+        "task generation): [docs/results.md](docs/results.md).",
+        "",
+        end,
+    ])
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    readme.write_text(before + block + after, encoding="utf-8")
+    print(f"updated {readme}")
 
 
 if __name__ == "__main__":
