@@ -268,6 +268,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     task_cfg = run.config.task
     prompt = normalise_arithmetic_prompt(args.prompt, task_cfg)
     ids = tok.encode(prompt)
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        raise ConfigError(
+            f"the prompt {args.prompt!r} has characters outside the run's vocabulary (they would become "
+            f"{tok.id_to_token(unk)!r}); use only symbols the model was trained on"
+        )
     info = _task_info(run.run_dir)
     if run.arch == "gpt" and info.get("bos_first") and tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id):
         ids = [tok.bos_token_id, *ids]

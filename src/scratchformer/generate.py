@@ -405,7 +405,7 @@ def _prepare(
     T0 = input_ids.size(1)
     max_len = config.max_len
     if T0 > max_len:
-        raise ConfigError(f"the prompt has {T0} tokens, more than the model's max_len={max_len}; shorten it")
+        raise ConfigError(f"input_ids (the prompt) has {T0} tokens, more than the model's max_len={max_len}; shorten it")
     if T0 + cfg.max_new_tokens > max_len:
         raise ConfigError(
             f"prompt length {T0} + max_new_tokens={cfg.max_new_tokens} = {T0 + cfg.max_new_tokens} exceeds the "

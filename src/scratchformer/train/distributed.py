@@ -74,6 +74,7 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
 
 def shutdown_distributed(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        dist.barrier()  # no rank tears gloo down while another still has collectives in flight
         dist.destroy_process_group()
 
 

@@ -417,6 +417,11 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
             )
         set_rng_state(rngs[info.rank])
         step, best = ckpt.step, ckpt.state.get("best")
+        if step > tc.steps:
+            raise ConfigError(
+                f"train.steps={tc.steps} is below step {step}, which {run_dir} already reached; "
+                f"pass train.steps >= {step} to resume"
+            )
         logger.info("resumed %s at step %d", run_dir, step)
     elif resume:
         logger.warning("%s has no complete checkpoint; starting from step 0", run_dir)
