@@ -64,11 +64,7 @@ class Embedder(nn.Module):
         """ids: (B, T) -> (B, T, C). ``start`` is the position of ids[:, 0]."""
         T = ids.size(1)
         check_ids(ids, self.tok.num_embeddings, "input_ids")
-        if start + T > self.max_len:
-            raise ValueError(
-                f"sequence length {start + T} exceeds the model's max_len={self.max_len}; "
-                f"shorten the input or build the model with a larger max_len"
-            )
+        check_length(start + T, self.max_len)
         x = self.tok(ids)  # (B, T, C)
         if self.scale != 1.0:
             x = x * self.scale
@@ -92,6 +88,15 @@ def check_ids(ids: Tensor, vocab_size: int, name: str) -> None:
     if lo < 0 or hi >= vocab_size:
         bad = hi if hi >= vocab_size else lo
         raise ValueError(f"{name} contains token id {bad}, outside the vocabulary [0, {vocab_size})")
+
+
+def check_length(S: int, max_len: int) -> None:
+    """Raise unless a sequence of S positions fits the model's learned or tabulated positions."""
+    if S > max_len:
+        raise ValueError(
+            f"sequence length {S} exceeds the model's max_len={max_len}; "
+            f"shorten the input or build the model with a larger max_len"
+        )
 
 
 def check_mask(mask: Tensor | None, B: int, S: int, name: str) -> None:

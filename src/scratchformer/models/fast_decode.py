@@ -43,7 +43,7 @@ from ..nn.blocks import Block
 from ..nn.feedforward import ACTIVATIONS, FeedForward
 from ..nn.masks import attention_mask_for
 from ..nn.norm import LayerNorm
-from .common import ModelCache, check_mask, drop_full_mask
+from .common import ModelCache, check_length, check_mask, drop_full_mask
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -181,11 +181,7 @@ class DecodeStep:
         B, T = token_ids.shape
         start = cache.length
         S = start + T
-        if S > self.max_len:
-            raise ValueError(
-                f"sequence length {S} exceeds the model's max_len={self.max_len}; "
-                f"shorten the input or build the model with a larger max_len"
-            )
+        check_length(S, self.max_len)
         check_mask(attention_mask, B, S, "attention_mask")
         attention_mask = drop_full_mask(attention_mask)
         H, D, C = self.n_head, self.head_dim, self.d_model
