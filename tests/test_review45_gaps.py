@@ -288,3 +288,12 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     after = load_file(str(Path(result.run_dir) / "model.safetensors"))
     moved = math.sqrt(sum(float((after[k] - before[k]).pow(2).sum()) for k in after if k in before))
     assert 0 < moved <= lr * clip * 1.01
+
+
+def test_stream_of_a_reversed_answer_run_also_prints_it_unreversed(capsys, tiny_run):
+    from scratchformer.cli import main
+
+    assert main(["generate", str(tiny_run), "12+34=", "--stream"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    streamed = out[0].split("=", 1)[1]  # the digits as the model wrote them, least significant first
+    assert out[1].endswith(f"un-reversed: {streamed[::-1].lstrip('0') or '0'})")

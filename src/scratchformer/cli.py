@@ -310,7 +310,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise ConfigError(f"the prompt has {len(ids)} tokens; the model's max_len is {model.config.max_len}")
         options["max_new_tokens"] = args.max_new_tokens if args.max_new_tokens is not None else min(64, room)
         if args.stream:
-            return _print_stream(model, x, tok, options)
+            reversed_op = None
+            if not args.raw and task_cfg.get("reverse_answer") and _ARITH.match(prompt):
+                reversed_op = str(task_cfg.get("operator", "+"))
+            return _print_stream(model, x, tok, options, reversed_op)
         out = model.generate(x, **options)
         new = [row[len(ids):] for row in out.tolist()]
     elif run.arch == "encoder_decoder":
@@ -335,20 +338,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_stream(model, x, tok, options: dict[str, Any]) -> int:
-    """Print the prompt, then each new token as soon as it is chosen."""
+def _print_stream(model, x, tok, options: dict[str, Any], reversed_op: str | None = None) -> int:
+    """Print the prompt, then each new token as soon as it is chosen. For a
+    reversed-answer arithmetic run (``reversed_op``), add the answer un-reversed."""
     from .generate import stream
 
     if options.get("num_return_sequences", 1) != 1:
         raise _usage("--stream prints one continuation; drop --num-return-sequences")
     tokens = stream(model, x, **options)  # options are checked here, before any output
     print(tok.decode(x[0].tolist(), skip_special_tokens=True), end="", flush=True)
+    new: list[int] = []
     for step in tokens:
         token = int(step[0])
         if token == tok.eos_token_id:
             break
+        new.append(token)
         print(tok.decode([token], skip_special_tokens=True), end="", flush=True)
     print()
+    if reversed_op is not None:
+        text = tok.decode(new, skip_special_tokens=True)
+        print(f"(the answer was written reversed, least-significant digit first; un-reversed: "
+              f"{unreverse_answer(text, reversed_op)})")
     return 0
 
 
