@@ -297,3 +297,26 @@ def test_stream_of_a_reversed_answer_run_also_prints_it_unreversed(capsys, tiny_
     out = capsys.readouterr().out.splitlines()
     streamed = out[0].split("=", 1)[1]  # the digits as the model wrote them, least significant first
     assert out[1].endswith(f"un-reversed: {streamed[::-1].lstrip('0') or '0'})")
+
+
+@pytest.mark.slow
+def test_compile_flag_trains_the_same_model(tmp_path, monkeypatch):
+    calls = []
+    real_compile = torch.compile
+
+    def spy(model, *args, **kwargs):
+        calls.append(type(model).__name__)
+        return real_compile(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    eager = train(tiny(tmp_path, "train.steps=2", "name=eager"))
+    assert calls == []
+    compiled = train(tiny(tmp_path, "train.steps=2", "train.compile=true", "name=compiled"))
+    assert calls, "train.compile=true never called torch.compile"
+    a = load_file(str(Path(eager.run_dir) / "model.safetensors"))
+    b = load_file(str(Path(compiled.run_dir) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    losses = [r["loss"] for r in records(Path(compiled.run_dir)) if r.get("event") == "train"]
+    assert losses and all(math.isfinite(x) for x in losses)
