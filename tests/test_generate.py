@@ -633,3 +633,33 @@ def test_decode_step_follows_the_model_dtype():
             got = step(tok, b)
             assert got.dtype == torch.bfloat16
             torch.testing.assert_close(got, model(tok, cache=a)[:, -1])  # bfloat16 tolerances
+
+
+def test_kv_cache_append_kv_writes_keys_and_values_in_one_buffer():
+    from scratchformer.nn.attention import KVCache
+
+    torch.manual_seed(0)
+    B, H, D = 2, 3, 4
+    qkv = torch.randn(B, 9, 3, H, D).permute(0, 2, 3, 1, 4)  # (B, 3, H, 9, D), strided like a fused projection
+    k_ref, v_ref = qkv[:, 1], qkv[:, 2]
+    fused, split = KVCache(capacity=4), KVCache(capacity=4)
+    keys, values = fused.append_kv(qkv[:, 1:, :, :2])  # a 2-token prompt
+    split.update(k_ref[:, :, :2], v_ref[:, :, :2])
+    storage = fused.kv
+    assert storage.shape == (B, 2, H, 4, D)  # allocated once, at the capacity
+    for t in range(2, 4):  # steps within the capacity write into the same buffer
+        keys, values = fused.append_kv(qkv[:, 1:, :, t : t + 1])
+        split.update(k_ref[:, :, t : t + 1], v_ref[:, :, t : t + 1])
+        assert fused.kv is storage
+    assert torch.equal(keys, k_ref[:, :, :4]) and torch.equal(values, v_ref[:, :, :4])
+    # k and v are views of the one buffer, and update() writes through them
+    assert fused.k.data_ptr() == storage[:, 0].data_ptr() and fused.v.data_ptr() == storage[:, 1].data_ptr()
+    keys, values = fused.update(k_ref[:, :, 4:6], v_ref[:, :, 4:6])  # past the capacity: grows, keeping the rest
+    keys, values = fused.append_kv(qkv[:, 1:, :, 6:])
+    assert fused.length == 9 and fused.kv.size(3) >= 9
+    assert torch.equal(keys, k_ref) and torch.equal(values, v_ref)
+    assert torch.equal(fused.keys_values()[1], v_ref)
+    fused.reorder(torch.tensor([1, 1]))  # beam search: both rows become row 1
+    keys, values = fused.keys_values()
+    assert torch.equal(keys, k_ref[[1, 1]]) and torch.equal(values, v_ref[[1, 1]])
+    assert fused.k.data_ptr() == fused.kv[:, 0].data_ptr()  # the views follow the reordered buffer

@@ -23,7 +23,12 @@ that is not the standard self-attention + feed-forward ``Block``. The norm,
 activation, positional scheme and attention implementation are not looked up
 by name: LayerNorm runs ``F.layer_norm`` on its weights, any other norm runs
 its own ``forward``; positions go through the scheme's ``embed``, ``rotary``
-and ``attention_bias`` methods, as in ``forward``.
+and ``attention_bias`` methods, as in ``forward`` (two exact shortcuts: learned
+positions at the default ids add a view of consecutive rows instead of a
+gather, and a base-class ``rotary``/``attention_bias``, which returns None, is
+not called). Keys and values reach the cache in one copy
+(``KVCache.append_kv`` on a view of the fused projection) unless rotary
+positions must first rotate the keys.
 
 Legend: B batch, S keys (cached + new), C model width, H heads, D head width,
 V vocabulary.
@@ -43,6 +48,7 @@ from ..nn.blocks import Block
 from ..nn.feedforward import ACTIVATIONS, FeedForward
 from ..nn.masks import attention_mask_for
 from ..nn.norm import LayerNorm
+from ..nn.positional import LearnedPositions, PositionalEncoding
 from .common import ModelCache, check_length, check_mask, drop_full_mask
 
 Fn = Callable[[Tensor], Tensor]
@@ -149,6 +155,11 @@ class DecodeStep:
         self.norm_first, self.residual = cfg.norm_first, cfg.use_residual
         self.max_len = embed.max_len
         self.tok, self.scale, self.pos, self.positions = embed.tok.weight, embed.scale, embed.pos, embed.positions
+        # learned positions at the default ids start..S-1 are consecutive rows: a view, not a gather
+        self.pos_rows = embed.pos.weight if type(embed.pos) is LearnedPositions else None  # (max_len, C)
+        # the base class's rotary/attention_bias return None: skip the calls when a scheme keeps them
+        self.has_rotary = type(embed.pos).rotary is not PositionalEncoding.rotary
+        self.has_bias = type(embed.pos).attention_bias is not PositionalEncoding.attention_bias
         self.layers = [_layer(b) for b in model.decoder.blocks]
         self.final_norm = _norm_fn(model.decoder.final_norm)
         self.w_head, self.b_head = _t(model.lm_head)
@@ -189,32 +200,42 @@ class DecodeStep:
         x = F.embedding(token_ids, self.tok)  # (B, T, C)
         if self.scale != 1.0:
             x = x * self.scale
-        positions = position_ids if position_ids is not None else self.positions[start:S]  # (B, T) or (T,)
-        x = self.pos.embed(x, positions).view(B * T, C)  # (B T, C): every matmul is 2-D
+        if position_ids is None and self.pos_rows is not None:
+            x = x + self.pos_rows.narrow(0, start, T)  # the same sum as embed's x + weight[start:S]
+        else:
+            positions = position_ids if position_ids is not None else self.positions[start:S]  # (B, T) or (T,)
+            x = self.pos.embed(x, positions)
+        x = x.view(B * T, C)  # (B T, C): every matmul is 2-D
         device = x.device
-        rope = self.pos.rotary(start, T, device)  # 2 x (T, D) or None
-        bias = self.pos.attention_bias(start, T, S, True, device)  # (H, T, S) or None
+        rope = self.pos.rotary(start, T, device) if self.has_rotary else None  # 2 x (T, D) or None
+        bias = self.pos.attention_bias(start, T, S, True, device) if self.has_bias else None  # (H, T, S) or None
         # as in forward: without padding or bias a square causal call lets SDPA build the triangle
         is_causal = attention_mask is None and bias is None and T == S
-        mask = attention_mask_for(T, S, key_padding=attention_mask, causal=True, device=device)  # (B|1, 1, T, S) or None
+        mask = None  # one query without padding sees every key: nothing to mask
+        if attention_mask is not None or T > 1:
+            mask = attention_mask_for(T, S, key_padding=attention_mask, causal=True, device=device)  # (B|1, 1, T, S)
+        fused = bias is None and (mask is None or is_causal)  # SDPA's kernel, for layers with impl "fused"
 
+        pre_residual = self.norm_first and self.residual  # the common case, inlined: x + sublayer(norm(x))
         for layer, kv in zip(self.layers, cache.self_attn):
             # self-attention sublayer
             h = layer.attn_norm(x) if self.norm_first else x
             qkv = _linear(h, layer.w_qkv, layer.b_qkv)  # (B T, 3C)
-            if T == 1:  # the decoding step: a view suffices
-                q, k, v = qkv.view(B, 3, H, 1, D).unbind(1)  # 3 x (B, H, 1, D)
+            # (B, 3, H, T, D): for one token a view suffices
+            qkv = qkv.view(B, 3, H, 1, D) if T == 1 else qkv.view(B, T, 3, H, D).permute(0, 2, 3, 1, 4)
+            q = qkv.select(1, 0)  # (B, H, T, D)
+            if rope is None:  # keys and values go to the cache in one copy
+                k, v = kv.append_kv(qkv.narrow(1, 1, 2))  # 2 x (B, H, S, D)
             else:
-                q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, D)
-            if rope is not None:
-                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-            k, v = kv.update(k, v)  # (B, H, S, D)
-            if layer.impl == "fused" and bias is None and (mask is None or is_causal):
+                q, k = apply_rotary(q, *rope), apply_rotary(qkv.select(1, 1), *rope)
+                k, v = kv.update(k, qkv.select(1, 2))  # (B, H, S, D)
+            if fused and layer.impl == "fused":
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)  # (B, H, T, D)
             else:
                 o, _ = attention(q, k, v, mask, bias, 0.0, layer.impl)
             o = o.reshape(B, C) if T == 1 else o.transpose(1, 2).reshape(B * T, C)  # (B T, C)
-            x = self._residual(x, _linear(o, layer.w_out, layer.b_out), layer.attn_norm)
+            o = _linear(o, layer.w_out, layer.b_out)  # (B T, C)
+            x = x + o if pre_residual else self._residual(x, o, layer.attn_norm)
             if layer.mlp_norm is None:
                 continue
             # feed-forward sublayer
@@ -224,7 +245,8 @@ class DecodeStep:
                 u = F.silu(u) * _linear(h, layer.w_gate, layer.b_gate)
             else:
                 u = layer.activation(u)
-            x = self._residual(x, _linear(u, layer.w_down, layer.b_down), layer.mlp_norm)
+            u = _linear(u, layer.w_down, layer.b_down)  # (B T, C)
+            x = x + u if pre_residual else self._residual(x, u, layer.mlp_norm)
         if T > 1:
             x = x.view(B, T, C)[:, -1]  # (B, C): norms act per position, so only the last one matters
         return _linear(self.final_norm(x), self.w_head, self.b_head)  # (B, V)

@@ -97,12 +97,17 @@ def attention(
 class KVCache:
     """Keys and values of the positions seen so far, for one attention layer.
 
-    Self-attention appends each step's keys/values (``update``); cross-attention
-    computes them once from the encoder output and keeps them (``static``).
-    With ``capacity`` (the final length, when the caller knows it, as
-    ``generate`` does) the storage is allocated once at the first update and
-    an append is one copy per tensor; without it, or past it, storage grows by
-    doubling, so appending one token is amortised O(1).
+    Self-attention appends each step's keys/values (``update``, or
+    ``append_kv`` with both in one tensor); cross-attention computes them once
+    from the encoder output and keeps them (``static``). With ``capacity``
+    (the final length, when the caller knows it, as ``generate`` does) the
+    storage is allocated once at the first append and an append is one copy;
+    without it, or past it, storage grows by doubling, so appending one token
+    is amortised O(1).
+
+    Appended keys and values live in one buffer ``kv`` (B, 2, H, allocated, D);
+    ``k`` and ``v`` are its views ``kv[:, 0]`` and ``kv[:, 1]``, each
+    (B, H, allocated, D), valid for positions ``[0, length)``.
     """
 
     def __init__(self, static: bool = False, capacity: int | None = None) -> None:
@@ -110,6 +115,7 @@ class KVCache:
             raise ValueError(f"KVCache capacity={capacity!r} must be a positive integer or None (grow as needed)")
         self.static = static
         self.capacity = capacity
+        self.kv: Tensor | None = None  # (B, 2, H, allocated, D); None until the first append, and for set_static
         self.k: Tensor | None = None  # (B, H, allocated, D)
         self.v: Tensor | None = None
         self.length = 0
@@ -118,25 +124,40 @@ class KVCache:
         """Append k, v of shape (B, H, T, D); return all keys/values (B, H, S, D)
         (views of the storage, valid until the next update)."""
         T, L = k.size(2), self.length
-        if self.k is None or L + T > self.k.size(2):
-            self._grow(k, v, L + T)
+        if self.kv is None or L + T > self.kv.size(3):
+            self._grow(k, L + T)
         self.k.narrow(2, L, T).copy_(k)
         self.v.narrow(2, L, T).copy_(v)
         self.length = S = L + T
         return self.k.narrow(2, 0, S), self.v.narrow(2, 0, S)
 
-    def _grow(self, k: Tensor, v: Tensor, needed: int) -> None:
-        """Allocate room for at least ``needed`` positions, keeping what is cached."""
+    def append_kv(self, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """``update(kv[:, 0], kv[:, 1])`` for kv of shape (B, 2, H, T, D) (any
+        strides, e.g. a view of a fused q/k/v projection), in one copy.
+        Returns all keys and values, each (B, H, S, D), views of the storage
+        valid until the next append."""
+        T, L = kv.size(3), self.length
+        if self.kv is None or L + T > self.kv.size(3):
+            self._grow(kv.select(1, 0), L + T)
+        self.kv.narrow(3, L, T).copy_(kv)
+        self.length = S = L + T
+        return self.k.narrow(2, 0, S), self.v.narrow(2, 0, S)
+
+    def _grow(self, k: Tensor, needed: int) -> None:
+        """Allocate room for at least ``needed`` positions (shaped, typed and
+        placed like ``k`` (B, H, T, D)), keeping what is cached."""
         size = self.capacity if self.capacity is not None and self.capacity >= needed else max(2 * needed, 16)
-        new_k = k.new_empty(k.size(0), k.size(1), size, k.size(3))  # (B, H, size, D)
-        new_v = v.new_empty(v.size(0), v.size(1), size, v.size(3))
+        new = k.new_empty(k.size(0), 2, k.size(1), size, k.size(3))  # (B, 2, H, size, D)
         if self.k is not None:
-            new_k[:, :, : self.length] = self.k[:, :, : self.length]
-            new_v[:, :, : self.length] = self.v[:, :, : self.length]
-        self.k, self.v = new_k, new_v
+            new[:, 0, :, : self.length] = self.k[:, :, : self.length]
+            new[:, 1, :, : self.length] = self.v[:, :, : self.length]
+        self._set_storage(new)
+
+    def _set_storage(self, kv: Tensor) -> None:
+        self.kv, self.k, self.v = kv, kv[:, 0], kv[:, 1]
 
     def set_static(self, k: Tensor, v: Tensor) -> None:
-        self.k, self.v, self.length = k, v, k.size(2)
+        self.kv, self.k, self.v, self.length = None, k, v, k.size(2)
 
     def keys_values(self) -> tuple[Tensor, Tensor]:
         assert self.k is not None and self.v is not None
@@ -144,7 +165,9 @@ class KVCache:
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows ``index`` (beam search reorders hypotheses)."""
-        if self.k is not None:
+        if self.kv is not None:
+            self._set_storage(self.kv.index_select(0, index))
+        elif self.k is not None:
             self.k = self.k.index_select(0, index)
             self.v = self.v.index_select(0, index)
 
