@@ -478,7 +478,7 @@ def _padded_batch(model: GPT, lengths=(3, 6, 4), T: int = 6) -> tuple[torch.Tens
 def _step_vs_forward(model: GPT, ids: torch.Tensor, mask: torch.Tensor | None, steps: int = 6) -> None:
     """Feed the prompt, then the same tokens one at a time, to forward (cache a)
     and to the fast step (cache b): the last position's logits must agree to
-    1e-6 at every call, and with a full no-cache pass."""
+    1e-5 of their scale at every call (the issue's tolerance), and so must a full no-cache pass."""
     step = model.fast_decoder()
     assert step is not None, "this configuration should be covered by DecodeStep"
     B, T0 = ids.shape
@@ -491,7 +491,7 @@ def _step_vs_forward(model: GPT, ids: torch.Tensor, mask: torch.Tensor | None, s
         expected = model(ids, attention_mask=mask, position_ids=p0, cache=a)[:, -1]
         # the whole prompt at once: the head then multiplies one row instead of T0 (another gemm
         # blocking), so allow float rounding relative to the logits' scale
-        assert (step(ids, b, mask, p0) - expected).abs().max() <= 1e-6 * expected.abs().max().clamp(min=1.0)
+        assert (step(ids, b, mask, p0) - expected).abs().max() <= 1e-5 * expected.abs().max().clamp(min=1.0)
         for t in range(steps):
             L = T0 + t
             tok = torch.randint(0, V, (B, 1), generator=torch.Generator().manual_seed(t))
@@ -499,7 +499,9 @@ def _step_vs_forward(model: GPT, ids: torch.Tensor, mask: torch.Tensor | None, s
             p = None if positions is None else positions[:, L : L + 1]
             expected = model(tok, attention_mask=m, position_ids=p, cache=a)[:, -1]  # (B, V)
             got = step(tok, b, m, p)
-            torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+            # the step multiplies (in, out) weight copies, forward the (out, in) parameters: the same
+            # products summed in another order, so float rounding relative to the logits' scale
+            assert (got - expected).abs().max() <= 1e-5 * expected.abs().max().clamp(min=1.0)
             seq = torch.cat([seq, tok], dim=1)
             full = model(seq, attention_mask=m, position_ids=None if positions is None else positions[:, : L + 1])
             # cache vs no cache differ only in float summation order: relative to the logits' scale
