@@ -144,11 +144,14 @@ class SinusoidalXLPositions(PositionalEncoding):
             clamp_length=clamp_length,
             causal=causal,
         )
+        # The first T rows of the length-T table hold positions T+M, ..., M+1 (clamped),
+        # which are the last T of the first max_len rows of the length-max_len table.
+        table = sinusoid_position_encoding(max_len, d_model, **self.options)[:max_len]
+        self.register_buffer("table", torch.from_numpy(table).float(), persistent=False)  # (max_len, C)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         T = x.size(1)
-        table = sinusoid_position_encoding(T, self.d_model, **self.options)[:T]  # (T, C)
-        return x + torch.from_numpy(table).to(x.device, x.dtype)
+        return x + self.table[self.max_len - T :].to(x.dtype)  # (B, T, C)
 
 
 class RotaryPositions(PositionalEncoding):

@@ -27,7 +27,6 @@ import abc
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from scratchformer.config import atomic_write_text
 from scratchformer.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -414,16 +414,5 @@ def read_tokenizer_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` as JSON atomically (temp file in the same directory, fsync, rename)."""
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
