@@ -26,7 +26,6 @@ K candidates kept per beam step.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -277,8 +276,7 @@ class _Runner:
         self.model, self.encoder_decoder = model, encoder_decoder
         self.cache = self.fast = None
         if use_cache:
-            sized = "capacity" in inspect.signature(model.new_cache).parameters
-            self.cache = model.new_cache(capacity=total) if sized else model.new_cache()  # (GPT: sized once)
+            self.cache = model.new_cache(capacity=total)  # storage allocated once, at the final length
             fast_decoder = getattr(model, "fast_decoder", None)
             self.fast = fast_decoder() if fast_decoder is not None and not encoder_decoder else None
         self.mask, self.positions = mask, positions  # (N, L_max) or None

@@ -45,11 +45,13 @@ class EncoderDecoder(nn.Module):
         x, _ = self.encoder(x, self.src_embed.pos, key_padding=encoder_attention_mask)
         return x
 
-    def new_cache(self) -> ModelCache:
+    def new_cache(self, capacity: int | None = None) -> ModelCache:
+        """Empty caches: self-attention (``capacity``: the final decoder length, when
+        known) and cross-attention (filled once from the encoder output)."""
         if not self.tgt_embed.pos.supports_cache:
             raise ValueError(f"positional={self.config.positional!r} cannot decode with a cache; pass use_cache=False")
         n = len(self.decoder.blocks)
-        return ModelCache([KVCache() for _ in range(n)], [KVCache(static=True) for _ in range(n)])
+        return ModelCache([KVCache(capacity=capacity) for _ in range(n)], [KVCache(static=True) for _ in range(n)])
 
     def decode(
         self,
