@@ -49,7 +49,7 @@ from ..nn.feedforward import ACTIVATIONS, FeedForward
 from ..nn.masks import attention_mask_for
 from ..nn.norm import LayerNorm
 from ..nn.positional import LearnedPositions, PositionalEncoding
-from .common import ModelCache, check_length, check_mask, drop_full_mask
+from .common import ModelCache, check_length, check_mask
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -196,7 +196,6 @@ class DecodeStep:
         S = start + T
         check_length(S, self.max_len)
         check_mask(attention_mask, B, S, "attention_mask")
-        attention_mask = drop_full_mask(attention_mask)
         H, D, C = self.n_head, self.head_dim, self.d_model
 
         x = F.embedding(token_ids, self.tok)  # (B, T, C)

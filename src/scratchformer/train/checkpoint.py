@@ -88,9 +88,14 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return tensors, metadata
 
 
+def save_state_dict(path: str | os.PathLike, state: dict[str, torch.Tensor], arch: str) -> None:
+    """Write a model state dict to a safetensors file tagged with the format and architecture."""
+    save_tensors(path, state, {"format": WEIGHTS_FORMAT, "arch": arch})
+
+
 def save_model_weights(path: str | os.PathLike, model: nn.Module, arch: str) -> None:
-    """Write ``model.state_dict()`` to a safetensors file tagged with the format and architecture."""
-    save_tensors(path, model.state_dict(), {"format": WEIGHTS_FORMAT, "arch": arch})
+    """Write ``model.state_dict()`` as :func:`save_state_dict` does."""
+    save_state_dict(path, model.state_dict(), arch)
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike, arch: str | None = None) -> None:

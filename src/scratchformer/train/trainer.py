@@ -36,6 +36,7 @@ from .checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
     save_model_weights,
+    save_state_dict,
     check_state_matches,
 )
 from .config import RunConfig
@@ -459,7 +460,7 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
         if info.is_main:
             state = {"sampler": sampler.state_dict(), "rng": rngs, "best": best}
             save_checkpoint(run_dir, at, model_sd, optim_sd, state, arch, keep=tc.keep_checkpoints)
-            _save_sd(run_dir / "model.safetensors", model_sd, arch)
+            save_state_dict(run_dir / "model.safetensors", model_sd, arch)
         D.barrier(info)
 
     from tqdm.auto import tqdm
@@ -553,16 +554,10 @@ def _better(value: float, best: dict[str, Any] | None, metric: str) -> bool:
     return value > best["value"] if HIGHER_IS_BETTER[metric] else value < best["value"]
 
 
-def _save_sd(path: Path, state: dict[str, torch.Tensor], arch: str) -> None:
-    from .checkpoint import WEIGHTS_FORMAT, save_tensors
-
-    save_tensors(path, state, {"format": WEIGHTS_FORMAT, "arch": arch})
-
-
 def _save_best(run_dir: Path, train_model, raw_model, optimizer, fsdp: bool, arch: str, best: dict[str, Any]) -> None:
     if fsdp:
         model_sd, _ = _state_dicts(train_model, raw_model, optimizer, fsdp)
-        _save_sd(run_dir / "best.safetensors", model_sd, arch)
+        save_state_dict(run_dir / "best.safetensors", model_sd, arch)
     else:
         save_model_weights(run_dir / "best.safetensors", raw_model, arch)
     save_json(run_dir / "best.json", best)
