@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..nn.linear import Linear
 from .common import Embedder, Stack, check_mask, init_weights
 from .config import EncoderClassifierConfig
 
@@ -36,7 +37,7 @@ class EncoderClassifier(nn.Module):
         self.config = config
         self.embed = Embedder(config, config.vocab_size)
         self.encoder = Stack(config, config.n_layer, causal=False)
-        self.head = nn.Linear(config.d_model, config.num_classes)
+        self.head = Linear(config.d_model, config.num_classes)
         init_weights(self, config.init_std)
 
     def forward(

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.attention import KVCache
+from ..nn.linear import Linear
 from .common import Embedder, ModelCache, Stack, check_ids, check_mask, drop_full_mask, init_weights
 from .config import GPTConfig
 from .fast_decode import DecodeStep
@@ -31,7 +32,7 @@ class GPT(nn.Module):
         self.config = config
         self.embed = Embedder(config, config.vocab_size)
         self.decoder = Stack(config, config.n_layer, causal=True)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         init_weights(self, config.init_std)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.tok.weight

@@ -39,6 +39,7 @@ from .checkpoint import (
     save_state_dict,
     check_state_matches,
 )
+from ..nn.linear import set_linear_backend
 from .config import RunConfig
 from .data import ResumableSampler, split_global_batch
 from .losses import (
@@ -342,6 +343,7 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
         check_tensorboard()
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    set_linear_backend(tc.linear_backend)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
     if use_bf16 and device.type == "cpu":
         speedup = cpu_bf16_matmul_speedup()

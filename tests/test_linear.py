@@ -1,0 +1,128 @@
+"""scratchformer.nn.linear: the oneDNN path is F.linear, forward and backward, and is chosen when it should be."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchformer.errors import ConfigError
+from scratchformer.models import GPT, GPTConfig
+from scratchformer.nn import linear as L
+
+needs_onednn = pytest.mark.skipif(not L.onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def _grads(fn, x, w, b, dy):
+    for t in (x, w, b):
+        if t is not None:
+            t.grad = None
+    fn(x, w, b).backward(dy)
+    return [None if t is None else t.grad.clone() for t in (x, w, b)]
+
+
+CASES = {
+    "2-D": lambda: (torch.randn(37, 24), torch.randn(40, 24), torch.randn(40)),
+    "3-D, no bias": lambda: (torch.randn(3, 11, 24), torch.randn(40, 24), None),
+    "x transposed": lambda: (torch.randn(5, 24, 9).transpose(1, 2), torch.randn(40, 24), torch.randn(40)),
+    "weight a row slice": lambda: (torch.randn(4, 7, 24), torch.randn(120, 24)[40:80], torch.randn(40)),
+    "weight transposed view": lambda: (torch.randn(13, 24), torch.randn(24, 40).t(), None),
+    "fewer outputs than inputs": lambda: (torch.randn(2, 9, 24), torch.randn(16, 24), torch.randn(16)),
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", list(CASES))
+def test_onednn_linear_equals_f_linear_forward_and_backward(case):
+    torch.manual_seed(0)
+    x, w, b = CASES[case]()
+    x, w = x.clone().requires_grad_(), w.detach().requires_grad_()  # x keeps its strides through clone
+    b = None if b is None else b.requires_grad_()
+    with L.linear_backend("auto"):
+        assert L.uses_onednn(x, w)
+        y = L.linear(x, w, b)
+        assert y.grad_fn is not None and "OneDNN" in type(y.grad_fn).__name__  # really the oneDNN path
+    y_ref = F.linear(x, w, b)
+    assert y.shape == y_ref.shape
+    assert _rel(y, y_ref) < 1e-5
+    dy = torch.randn_like(y_ref)
+    with L.linear_backend("auto"):
+        got = _grads(L.linear, x, w, b, dy)
+    want = _grads(F.linear, x, w, b, dy)
+    for g, r in zip(got, want):
+        assert (g is None) == (r is None)
+        if g is not None:
+            assert g.shape == r.shape and _rel(g, r) < 1e-5
+
+
+@needs_onednn
+def test_only_the_gradients_asked_for_are_made():
+    x, w = torch.randn(6, 8), torch.randn(5, 8, requires_grad=True)
+    with L.linear_backend("auto"):
+        L.linear(x, w).sum().backward()
+    assert x.grad is None and w.grad is not None
+    assert _rel(w.grad, torch.ones(6, 5).t() @ x) < 1e-6
+
+
+def test_torch_backend_and_unsupported_inputs_fall_back_to_f_linear():
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    with L.linear_backend("torch"):
+        assert not L.uses_onednn(x, w)
+    with L.linear_backend("auto"):
+        assert not L.uses_onednn(x.double(), w.double())  # float64: torch's kernel
+        assert not L.uses_onednn(x[0], w)  # 1-D input
+        assert not L.uses_onednn(x[:0], w)  # no rows
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not L.uses_onednn(x, w)  # autocast decides the dtype: torch's kernel
+
+
+def test_gradcheck_float64_linear_module():
+    lin = L.Linear(5, 3).double()
+    x = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: lin(t), (x,))
+
+
+@needs_onednn
+def test_gpt_loss_and_gradients_agree_between_backends():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, max_len=32, n_layer=2, n_head=2, d_model=32))
+    ids = torch.randint(0, 50, (3, 16))
+    results = {}
+    for backend in ("torch", "onednn"):
+        model.zero_grad(set_to_none=True)
+        with L.linear_backend(backend):
+            loss = model.loss(ids, ids)
+        loss.backward()
+        results[backend] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    (l_t, g_t), (l_o, g_o) = results["torch"], results["onednn"]
+    assert abs(l_t.item() - l_o.item()) < 1e-5
+    for name in g_t:
+        assert _rel(g_o[name], g_t[name]) < 1e-4, name
+
+
+def test_bad_backend_names_the_value_and_the_choices():
+    with pytest.raises(ConfigError, match=r"'onednnn'.*did you mean 'onednn'"):
+        L.set_linear_backend("onednnn")
+    assert L.get_linear_backend() in L.BACKENDS  # unchanged by the refused call
+
+
+def test_bad_environment_variable_is_a_clear_error():
+    code = "from scratchformer.nn.linear import get_linear_backend; get_linear_backend()"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"SCRATCHFORMER_LINEAR": "fast", "PATH": ""})
+    assert res.returncode != 0
+    assert "SCRATCHFORMER_LINEAR" in res.stderr and "'fast'" in res.stderr
+
+
+def test_train_config_rejects_an_unknown_linear_backend():
+    from scratchformer.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="linear_backend"):
+        TrainConfig(linear_backend="mkl")
