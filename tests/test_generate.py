@@ -26,6 +26,7 @@ from scratchformer.generate import (
     top_p_filter,
 )
 from scratchformer.models import GPT, EncoderDecoder, EncoderDecoderConfig, GPTConfig
+from scratchformer.nn.linear import linear_backend, onednn_available
 
 torch.set_num_threads(2)
 
@@ -499,8 +500,8 @@ def _step_vs_forward(model: GPT, ids: torch.Tensor, mask: torch.Tensor | None, s
             p = None if positions is None else positions[:, L : L + 1]
             expected = model(tok, attention_mask=m, position_ids=p, cache=a)[:, -1]  # (B, V)
             got = step(tok, b, m, p)
-            # the step multiplies (in, out) weight copies, forward the (out, in) parameters: the same
-            # products summed in another order, so float rounding relative to the logits' scale
+            # the step multiplies 2-D rows, forward 3-D batches (another blocking; and under another
+            # linear backend another kernel): float rounding relative to the logits' scale
             assert (got - expected).abs().max() <= 1e-5 * expected.abs().max().clamp(min=1.0)
             seq = torch.cat([seq, tok], dim=1)
             full = model(seq, attention_mask=m, position_ids=None if positions is None else positions[:, : L + 1])
@@ -542,6 +543,27 @@ def test_decode_step_equals_forward_for_other_components(options):
     _step_vs_forward(gpt(**options), prompt(2, 4), None)
     ids, mask = _padded_batch(gpt(**options))
     _step_vs_forward(gpt(**options), ids, mask)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
+@pytest.mark.parametrize("positional", ["learned", "rope"])
+@pytest.mark.parametrize("activation", ["gelu_tanh", "swiglu"])
+def test_decode_step_through_onednn_equals_forward(positional, activation):
+    """The step's matmuls through oneDNN (every one, whatever its size) against forward through
+    oneDNN and through torch's kernel."""
+    model = gpt(positional, activation=activation)
+    with linear_backend("onednn"):
+        _step_vs_forward(model, prompt(2, 5), None)
+        ids, mask = _padded_batch(model)
+        _step_vs_forward(model, ids, mask)
+    ids = prompt(2, 5)
+    with torch.no_grad():
+        a, b = model.new_cache(), model.new_cache()
+        with linear_backend("torch"):
+            expected = model(ids, cache=a)[:, -1]
+        with linear_backend("onednn"):
+            got = model.fast_decoder()(ids, b)
+        assert (got - expected).abs().max() <= 1e-5 * expected.abs().max().clamp(min=1.0)
 
 
 def test_decode_step_refuses_what_it_cannot_reproduce():

@@ -45,7 +45,7 @@ def test_onednn_linear_equals_f_linear_forward_and_backward(case):
     x, w, b = CASES[case]()
     x, w = x.clone().requires_grad_(), w.detach().requires_grad_()  # x keeps its strides through clone
     b = None if b is None else b.requires_grad_()
-    with L.linear_backend("auto"):
+    with L.linear_backend("onednn"):  # "auto" would leave products this small to F.linear
         assert L.uses_onednn(x, w)
         y = L.linear(x, w, b)
         assert y.grad_fn is not None and "OneDNN" in type(y.grad_fn).__name__  # really the oneDNN path
@@ -53,7 +53,7 @@ def test_onednn_linear_equals_f_linear_forward_and_backward(case):
     assert y.shape == y_ref.shape
     assert _rel(y, y_ref) < 1e-5
     dy = torch.randn_like(y_ref)
-    with L.linear_backend("auto"):
+    with L.linear_backend("onednn"):
         got = _grads(L.linear, x, w, b, dy)
     want = _grads(F.linear, x, w, b, dy)
     for g, r in zip(got, want):
@@ -65,10 +65,24 @@ def test_onednn_linear_equals_f_linear_forward_and_backward(case):
 @needs_onednn
 def test_only_the_gradients_asked_for_are_made():
     x, w = torch.randn(6, 8), torch.randn(5, 8, requires_grad=True)
-    with L.linear_backend("auto"):
+    with L.linear_backend("onednn"):
         L.linear(x, w).sum().backward()
     assert x.grad is None and w.grad is not None
     assert _rel(w.grad, torch.ones(6, 5).t() @ x) < 1e-6
+
+
+@needs_onednn
+def test_auto_sends_only_big_enough_products_to_onednn():
+    w = torch.randn(256, 512)
+    rows = L.ONEDNN_MIN_MACS // w.numel()  # exactly the threshold
+    with L.linear_backend("auto"):
+        assert L.uses_onednn(torch.randn(rows, 512), w)
+        assert not L.uses_onednn(torch.randn(rows - 1, 512), w)
+        assert L.uses_onednn(torch.randn(2, rows // 2, 512), w)  # leading dimensions are rows too
+        assert L.matmul_for(torch.randn(rows, 512), w) is L.onednn_linear
+        assert L.matmul_for(torch.randn(1, 512), w) is F.linear
+    with L.linear_backend("onednn"):
+        assert L.uses_onednn(torch.randn(1, 512), w)
 
 
 def test_torch_backend_and_unsupported_inputs_fall_back_to_f_linear():
@@ -95,7 +109,7 @@ def test_gpt_loss_and_gradients_agree_between_backends():
     model = GPT(GPTConfig(vocab_size=50, max_len=32, n_layer=2, n_head=2, d_model=32))
     ids = torch.randint(0, 50, (3, 16))
     results = {}
-    for backend in ("torch", "onednn"):
+    for backend in ("torch", "onednn"):  # "onednn": every product, however small
         model.zero_grad(set_to_none=True)
         with L.linear_backend(backend):
             loss = model.loss(ids, ids)

@@ -8,8 +8,9 @@ kernels, and in eager PyTorch the Python around them (about fifty
 tensors, an id check that reads the ids back) costs more than the kernels.
 ``DecodeStep`` reads the weights once, when it is built, and then runs each
 step as a flat sequence of the same kernels ``forward`` uses (``F.embedding``,
-``F.layer_norm``, ``addmm``/``mm`` as in ``F.linear``,
-``F.scaled_dot_product_attention``), writing into the same ``ModelCache``.
+``F.layer_norm``, the matmul ``nn.linear`` picks for each product's size:
+oneDNN's or ``F.linear``'s, ``F.scaled_dot_product_attention``), writing
+into the same ``ModelCache``.
 So a prompt can be run with ``forward`` and continued with ``DecodeStep``,
 and the logits agree with ``forward``'s to float rounding (tested to 1e-5 of their scale for
 every cacheable positional encoding, both norm placements, every activation
@@ -46,18 +47,13 @@ from torch import Tensor, nn
 from ..nn.attention import MultiHeadAttention, apply_rotary, attention
 from ..nn.blocks import Block
 from ..nn.feedforward import ACTIVATIONS, FeedForward
+from ..nn.linear import matmul_for
 from ..nn.masks import attention_mask_for
 from ..nn.norm import LayerNorm
 from ..nn.positional import LearnedPositions, PositionalEncoding
 from .common import ModelCache, check_length, check_mask
 
 Fn = Callable[[Tensor], Tensor]
-
-
-def _linear(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.linear(x, weight, bias)`` for 2-D x, with ``weight_t = weight.t()``
-    made once: the same addmm/mm kernel, minus the transpose per call."""
-    return torch.addmm(bias, x, weight_t) if bias is not None else torch.mm(x, weight_t)
 
 
 def _norm_fn(norm: nn.Module) -> Fn:
@@ -72,42 +68,36 @@ def _norm_fn(norm: nn.Module) -> Fn:
 
 @dataclass(frozen=True)
 class _Layer:
-    """One block's weights, read once. Linear weights are stored transposed (in, out)."""
+    """One block's parameters (the module's own tensors, not copies), read once."""
 
     attn_norm: Fn
-    w_qkv: Tensor  # (C, 3C)
+    w_qkv: Tensor  # (3C, C)
     b_qkv: Tensor | None
     w_out: Tensor  # (C, C)
     b_out: Tensor | None
     impl: str
     mlp_norm: Fn | None  # None: the block has no feed-forward sublayer
-    w_up: Tensor | None  # (C, F)
+    w_up: Tensor | None  # (F, C)
     b_up: Tensor | None
-    w_gate: Tensor | None  # (C, F), swiglu only
+    w_gate: Tensor | None  # (F, C), swiglu only
     b_gate: Tensor | None
-    w_down: Tensor | None  # (F, C)
+    w_down: Tensor | None  # (C, F)
     b_down: Tensor | None
     activation: Fn | None  # None for swiglu (gated)
 
 
-def _t(linear: nn.Linear | None) -> tuple[Tensor | None, Tensor | None]:
-    if linear is None:
-        return None, None
-    return linear.weight.t().contiguous(), linear.bias  # (in, out) in memory: a faster mm on CPU
+def _wb(linear: nn.Linear | None) -> tuple[Tensor | None, Tensor | None]:
+    return (None, None) if linear is None else (linear.weight, linear.bias)
 
 
 def _layer(block: Block) -> _Layer:
     mha: MultiHeadAttention = block.attn.sublayer
-    w_qkv, b_qkv = _t(mha.in_proj)
-    w_out, b_out = _t(mha.out_proj)
+    attn = (_norm_fn(block.attn.norm), *_wb(mha.in_proj), *_wb(mha.out_proj), mha.impl)
     if block.mlp is None:
-        return _Layer(_norm_fn(block.attn.norm), w_qkv, b_qkv, w_out, b_out, mha.impl, *([None] * 8))
+        return _Layer(*attn, *([None] * 8))
     ffn: FeedForward = block.mlp.sublayer
-    return _Layer(
-        _norm_fn(block.attn.norm), w_qkv, b_qkv, w_out, b_out, mha.impl,
-        _norm_fn(block.mlp.norm), *_t(ffn.up), *_t(ffn.gate), *_t(ffn.down),
-        None if ffn.gate is not None else ACTIVATIONS[ffn.activation],
-    )  # fmt: skip
+    activation = None if ffn.gate is not None else ACTIVATIONS[ffn.activation]
+    return _Layer(*attn, _norm_fn(block.mlp.norm), *_wb(ffn.up), *_wb(ffn.gate), *_wb(ffn.down), activation)
 
 
 class DecodeStep:
@@ -115,11 +105,9 @@ class DecodeStep:
     logits after the last token, as ``forward(token_ids, cache=cache)[:, -1]``.
     T is 1 for a decoding step, or the prompt's length for the first call.
 
-    Build it once per decoding run, after the weights are final: it keeps
-    Linear weights as (in, out) copies, the layout CPU matmuls read fastest
-    (1.2x tokens/s at the GPT-2 124M shape, where a step is bound by reading
-    the weights), so later changes to the parameters do not show through.
-    The copies cost as much memory as the Linear weights while it lives.
+    Build it once per decoding run: it holds the model's own parameter
+    tensors (no copies), so in-place updates show through, but a parameter
+    replaced by a new tensor (``model.lm_head.weight = ...``) does not.
     ``DecodeStep.supports(model)`` is None when the model's configuration is
     covered, else the reason it is not; the constructor raises that reason.
     """
@@ -164,7 +152,7 @@ class DecodeStep:
         self.has_bias = type(embed.pos).attention_bias is not PositionalEncoding.attention_bias
         self.layers = [_layer(b) for b in model.decoder.blocks]
         self.final_norm = _norm_fn(model.decoder.final_norm)
-        self.w_head, self.b_head = _t(model.lm_head)
+        self.w_head, self.b_head = _wb(model.lm_head)
 
     def __call__(
         self,
@@ -218,10 +206,14 @@ class DecodeStep:
         fused = bias is None and (mask is None or is_causal)  # SDPA's kernel, for layers with impl "fused"
 
         pre_residual = self.norm_first and self.residual  # the common case, inlined: x + sublayer(norm(x))
+        # each matmul's kernel (oneDNN or F.linear, by size: nn.linear), chosen once: every layer has the same shapes
+        first = self.layers[0]
+        mm_qkv, mm_out = matmul_for(x, first.w_qkv), matmul_for(x, first.w_out)
+        mm_up, mm_down = (matmul_for(x, first.w_up), matmul_for(x, first.w_down)) if first.w_up is not None else (None, None)
         for layer, kv in zip(self.layers, cache.self_attn):
             # self-attention sublayer
             h = layer.attn_norm(x) if self.norm_first else x
-            qkv = _linear(h, layer.w_qkv, layer.b_qkv)  # (B T, 3C)
+            qkv = mm_qkv(h, layer.w_qkv, layer.b_qkv)  # (B T, 3C)
             # (B, 3, H, T, D): for one token a view suffices
             qkv = qkv.view(B, 3, H, 1, D) if T == 1 else qkv.view(B, T, 3, H, D).permute(0, 2, 3, 1, 4)
             q = qkv.select(1, 0)  # (B, H, T, D)
@@ -235,22 +227,22 @@ class DecodeStep:
             else:
                 o, _ = attention(q, k, v, mask, bias, 0.0, layer.impl)
             o = o.reshape(B, C) if T == 1 else o.transpose(1, 2).reshape(B * T, C)  # (B T, C)
-            o = _linear(o, layer.w_out, layer.b_out)  # (B T, C)
+            o = mm_out(o, layer.w_out, layer.b_out)  # (B T, C)
             x = x + o if pre_residual else self._residual(x, o, layer.attn_norm)
             if layer.mlp_norm is None:
                 continue
             # feed-forward sublayer
             h = layer.mlp_norm(x) if self.norm_first else x
-            u = _linear(h, layer.w_up, layer.b_up)  # (B T, F)
+            u = mm_up(h, layer.w_up, layer.b_up)  # (B T, F)
             if layer.activation is None:  # swiglu
-                u = F.silu(u) * _linear(h, layer.w_gate, layer.b_gate)
+                u = F.silu(u) * mm_up(h, layer.w_gate, layer.b_gate)
             else:
                 u = layer.activation(u)
-            u = _linear(u, layer.w_down, layer.b_down)  # (B T, C)
+            u = mm_down(u, layer.w_down, layer.b_down)  # (B T, C)
             x = x + u if pre_residual else self._residual(x, u, layer.mlp_norm)
         if T > 1:
             x = x.view(B, T, C)[:, -1]  # (B, C): norms act per position, so only the last one matters
-        return _linear(self.final_norm(x), self.w_head, self.b_head)  # (B, V)
+        return matmul_for(x, self.w_head)(self.final_norm(x), self.w_head, self.b_head)  # (B, V)
 
     def _residual(self, x: Tensor, out: Tensor, norm: Fn) -> Tensor:
         """Pre-norm: x + out; post-norm: norm(x + out); without the skip, out alone."""

@@ -69,9 +69,9 @@ class GPT(nn.Module):
         The same result as ``self(token_ids, attention_mask, position_ids, cache)[:, -1]``
         (arguments as in ``forward``), through ``DecodeStep`` when the
         configuration allows and ``forward`` otherwise. This convenience
-        checks the ids and builds a ``DecodeStep`` (copying every Linear
-        weight) on every call; a decoding loop should hold ``fast_decoder()``
-        instead, as ``generate`` does.
+        checks the ids (reading them back) and builds a ``DecodeStep`` on
+        every call; a decoding loop should hold ``fast_decoder()`` instead,
+        as ``generate`` does.
         """
         check_ids(token_ids, self.config.vocab_size, "token_ids")
         step = self.fast_decoder()

@@ -20,11 +20,14 @@ as the backend stays the same.
 Backends, chosen process-wide with ``set_linear_backend`` (or the
 ``SCRATCHFORMER_LINEAR`` environment variable):
 
-- ``"auto"`` (default): oneDNN for float32 on the CPU when this PyTorch has
-  it; ``F.linear`` for everything else (CUDA, float64, bfloat16, autocast,
-  inside ``torch.compile``, which has its own CPU kernels).
+- ``"auto"`` (default): oneDNN for float32 matmuls on the CPU of at least
+  ``ONEDNN_MIN_MACS`` multiply-adds, when this PyTorch has it; ``F.linear``
+  for everything else (small products, where oneDNN's fixed cost per call
+  dominates; CUDA; float64; bfloat16; autocast; inside ``torch.compile``,
+  which has its own CPU kernels).
 - ``"torch"``: always ``F.linear``.
-- ``"onednn"``: like ``"auto"``, but an error if oneDNN is missing.
+- ``"onednn"``: oneDNN for every float32 CPU matmul whatever its size (an
+  error if this PyTorch has no oneDNN).
 
 Legend: N rows (every leading dimension of x flattened), K in features,
 M out features.
@@ -33,7 +36,7 @@ M out features.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -47,6 +50,9 @@ from ..errors import ConfigError, unknown_name
 LinearBackend = Literal["auto", "torch", "onednn"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onednn")
 ENV_VAR = "SCRATCHFORMER_LINEAR"
+# below this many multiply-adds, oneDNN's fixed cost per call (about 15 us here, against
+# 3 us for F.linear) outweighs its faster kernel: a (1, 768) x (768, 768) product is a tie
+ONEDNN_MIN_MACS = 1 << 20
 
 
 # oneDNN ships inside PyTorch's CPU builds; the linear kernel is the one torch.compile uses on CPU
@@ -95,11 +101,14 @@ def linear_backend(name: LinearBackend) -> Iterator[None]:
 
 
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
-    """Whether ``linear(x, weight)`` takes the oneDNN path (see the module docstring for when)."""
-    return (
+    """Whether ``linear(x, weight)`` takes the oneDNN path: a float32 matmul on the CPU
+    outside autocast and ``torch.compile``, under backend "onednn", or under "auto"
+    when it has at least ``ONEDNN_MIN_MACS`` multiply-adds."""
+    backend = get_linear_backend()
+    eligible = (
         _ONEDNN
         and not torch.compiler.is_compiling()
-        and get_linear_backend() != "torch"
+        and backend != "torch"
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
@@ -108,11 +117,18 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
         and weight.numel() > 0
         and not torch.is_autocast_enabled("cpu")
     )
+    return eligible and (backend == "onednn" or x.numel() // x.size(-1) * weight.numel() >= ONEDNN_MIN_MACS)
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias by oneDNN, no autograd. x: (..., K); weight: (M, K), any strides; bias: (M,)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def matmul_for(x: Tensor, weight: Tensor) -> Callable[..., Tensor]:
+    """The kernel ``linear`` would use for these operands, without autograd:
+    ``onednn_linear`` or ``F.linear`` (both called as ``fn(x, weight, bias)``)."""
+    return onednn_linear if uses_onednn(x, weight) else F.linear
 
 
 class _OneDNNLinear(torch.autograd.Function):
