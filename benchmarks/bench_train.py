@@ -58,6 +58,7 @@ from baseline_gpt import BaselineGPT, baseline_optimizer  # noqa: E402
 
 import scratchformer.models.gpt as gpt_module  # noqa: E402
 from scratchformer.models import GPT, GPTConfig  # noqa: E402
+from scratchformer.nn.linear import get_linear_backend, linear_backend  # noqa: E402
 from scratchformer.nn.norm import LayerNorm, layer_norm_formula  # noqa: E402
 
 DATA = Path("/work/shared/data/tinyshakespeare.txt")
@@ -267,6 +268,16 @@ def as_foundation_layernorm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def torch_linear(step: Callable[[Batch], float]) -> Callable[[Batch], float]:
+    """Run ``step`` with every Linear on ``F.linear`` (the linear backend before oneDNN)."""
+
+    def wrapped(b: Batch) -> float:
+        with linear_backend("torch"):
+            return step(b)
+
+    return wrapped
+
+
 def keep_full_mask(step: Callable[[Batch], float]) -> Callable[[Batch], float]:
     """Run ``step`` with GPT's all-ones-mask shortcut disabled (the foundation's behaviour)."""
 
@@ -287,13 +298,15 @@ def section_changes(args, data, vocab) -> dict:
     batches = make_batches(data, 32, B, T, seed=4)
     steps = {}
     m = as_foundation_layernorm(scratchformer_model(vocab, T))
-    steps["foundation"] = keep_full_mask(make_step("scratchformer", m, scratchformer_optimizer(m, "default")))
+    steps["foundation"] = torch_linear(keep_full_mask(make_step("scratchformer", m, scratchformer_optimizer(m, "default"))))
     m = scratchformer_model(vocab, T)
-    steps["+ fused LayerNorm"] = keep_full_mask(make_step("scratchformer", m, scratchformer_optimizer(m, "default")))
+    steps["+ fused LayerNorm"] = torch_linear(keep_full_mask(make_step("scratchformer", m, scratchformer_optimizer(m, "default"))))
     m = scratchformer_model(vocab, T)
-    steps["+ all-ones mask dropped"] = make_step("scratchformer", m, scratchformer_optimizer(m, "default"))
+    steps["+ all-ones mask dropped"] = torch_linear(make_step("scratchformer", m, scratchformer_optimizer(m, "default")))
     m = scratchformer_model(vocab, T)
-    steps["+ fused AdamW"] = make_step("scratchformer", m, scratchformer_optimizer(m, "fused"))
+    steps["+ fused AdamW"] = torch_linear(make_step("scratchformer", m, scratchformer_optimizer(m, "fused")))
+    m = scratchformer_model(vocab, T)
+    steps["+ oneDNN Linear"] = make_step("scratchformer", m, scratchformer_optimizer(m, "fused"))
     bl = baseline_model(vocab, T)
     steps["baseline"] = make_step("baseline", bl, baseline_optimizer(bl, LR, WEIGHT_DECAY))
     times, rm = interleaved(steps, batches, args.warmup, args.rounds, args.per_round)
@@ -378,7 +391,10 @@ def markdown(report: dict) -> str:
         lines += [
             f"**GPT {SHAPE['n_layer']} layers, {SHAPE['n_head']} heads, width {SHAPE['d_model']}, context {s['context']}, "
             f"batch {s['batch']}, {s['parameters']:,} parameters, tiny Shakespeare characters (vocab 65).** "
-            f"scratchformer optimizer: AdamW `{report['args']['optim']}`; baseline: `torch.optim.AdamW` defaults.",
+            f"scratchformer optimizer: AdamW `{report['args']['optim']}`; baseline: `torch.optim.AdamW` defaults. "
+            f"scratchformer's Linear layers: linear backend `{env.get('linear_backend', 'auto')}` (oneDNN matmuls on "
+            "the CPU, see `scratchformer.nn.linear`); the baseline's: `nn.Linear` (`F.linear`, which calls MKL on x86). "
+            "Both float32.",
             "",
             "| variant | step (ms) | tokens/s |",
             "|---|---:|---:|",
@@ -481,7 +497,7 @@ def main(argv=None) -> None:
         "command": command.strip(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "environment": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                        "python": platform.python_version()},
+                        "python": platform.python_version(), "linear_backend": get_linear_backend()},
     }
     report["environment"]["load_average_before"] = os.getloadavg()
     t_start = time.perf_counter()

@@ -21,6 +21,10 @@ SECTIONS = [
      "A training step of scratchformer's GPT against a plain nanoGPT-style PyTorch GPT of the same shape; "
      "the context-length table compares the written-out and the fused attention paths. Method: benchmarks/README.md.",
      "python benchmarks/bench_train.py"),
+    ("The matmul under every Linear", "bench_linear.md",
+     "torch's `F.linear` (MKL on x86) against oneDNN, the kernel `scratchformer.nn.linear` sends float32 CPU "
+     "matmuls to: where the training and decoding speed-ups come from.",
+     "python benchmarks/bench_linear.py"),
     ("Generation speed", "bench_generate.md",
      "Batch-1 greedy decoding, side by side with Hugging Face `generate` on identical weights.",
      "python benchmarks/bench_generate.py"),

@@ -5,10 +5,11 @@ and state dict) whose float32 matmul on the CPU goes through oneDNN, the
 kernel library PyTorch ships for CPU inference, instead of the BLAS that
 ``F.linear`` calls. Why: PyTorch's x86 builds call Intel MKL for float32
 matmuls, and on AMD processors MKL takes its AVX2 code path, while oneDNN
-uses AVX-512 wherever the CPU has it. On the 2-core AMD EPYC this project is
-measured on, the oneDNN matmul runs at about twice MKL's speed for the
-training shapes (460 vs 215 GFLOP/s) and reads the weights 2x faster in
-batch-1 decoding (``benchmarks/bench_linear.py`` prints the figures).
+uses AVX-512 wherever the CPU has it. On the AMD EPYC this project is
+measured on, oneDNN runs a Linear's forward and backward at the training
+shapes up to about twice as fast, and reads the weights about twice as
+fast in batch-1 decoding (``benchmarks/bench_linear.py``; its table is in
+docs/results.md). On a CPU where MKL is at its best the gain is smaller.
 
 The result is the same function: the same float32 inputs, float32
 accumulation, no reduced-precision mode. Only the order of the additions
