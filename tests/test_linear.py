@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._inductor.utils import run_and_get_code
 
 from scratchformer.errors import ConfigError
 from scratchformer.models import GPT, GPTConfig
@@ -95,6 +96,23 @@ def test_torch_backend_and_unsupported_inputs_fall_back_to_f_linear():
         assert not L.uses_onednn(x[:0], w)  # no rows
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not L.uses_onednn(x, w)  # autocast decides the dtype: torch's kernel
+
+
+@needs_onednn
+def test_compiled_onednn_linear_equals_f_linear():
+    torch._dynamo.reset()
+    x, w, b = torch.randn(2, 6, 24, requires_grad=True), torch.randn(40, 24, requires_grad=True), torch.randn(40)
+    b.requires_grad_()
+    dy = torch.randn(2, 6, 40)
+    compiled = torch.compile(L.linear, fullgraph=True)
+    with L.linear_backend("onednn"):
+        got = _grads(compiled, x, w, b, dy)
+        with torch.no_grad():
+            y, code = run_and_get_code(compiled, x, w, b)
+    assert any("scratchformer.onednn_linear" in c for c in code)  # the compiled graph calls the oneDNN kernel
+    assert _rel(y, F.linear(x, w, b)) < 1e-5
+    for g, r in zip(got, _grads(F.linear, x, w, b, dy)):
+        assert _rel(g, r) < 1e-5
 
 
 def test_gradcheck_float64_linear_module():

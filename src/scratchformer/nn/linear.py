@@ -22,10 +22,10 @@ Backends, chosen process-wide with ``set_linear_backend`` (or the
 ``SCRATCHFORMER_LINEAR`` environment variable):
 
 - ``"auto"`` (default): oneDNN for float32 matmuls on the CPU of at least
-  ``ONEDNN_MIN_MACS`` multiply-adds, when this PyTorch has it; ``F.linear``
-  for everything else (small products, where oneDNN's fixed cost per call
-  dominates; CUDA; float64; bfloat16; autocast; inside ``torch.compile``,
-  which has its own CPU kernels).
+  ``ONEDNN_MIN_MACS`` multiply-adds, when this PyTorch has it, eager or
+  under ``torch.compile``; ``F.linear`` for everything else (small
+  products, where oneDNN's fixed cost per call dominates; CUDA; float64;
+  bfloat16; autocast).
 - ``"torch"``: always ``F.linear``.
 - ``"onednn"``: oneDNN for every float32 CPU matmul whatever its size (an
   error if this PyTorch has no oneDNN).
@@ -56,7 +56,7 @@ ENV_VAR = "SCRATCHFORMER_LINEAR"
 ONEDNN_MIN_MACS = 1 << 20
 
 
-# oneDNN ships inside PyTorch's CPU builds; the linear kernel is the one torch.compile uses on CPU
+# oneDNN ships inside PyTorch's CPU builds (torch.compile's CPU backend uses it too)
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -103,12 +103,11 @@ def linear_backend(name: LinearBackend) -> Iterator[None]:
 
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     """Whether ``linear(x, weight)`` takes the oneDNN path: a float32 matmul on the CPU
-    outside autocast and ``torch.compile``, under backend "onednn", or under "auto"
-    when it has at least ``ONEDNN_MIN_MACS`` multiply-adds."""
+    outside autocast, under backend "onednn", or under "auto" when it has at least
+    ``ONEDNN_MIN_MACS`` multiply-adds."""
     backend = get_linear_backend()
     eligible = (
         _ONEDNN
-        and not torch.compiler.is_compiling()
         and backend != "torch"
         and x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -123,7 +122,22 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias by oneDNN, no autograd. x: (..., K); weight: (M, K), any strides; bias: (M,)."""
+    if torch.compiler.is_compiling():
+        return _compiled_onednn_linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+# torch.compile's own lowering of the oneDNN linear wants frozen weights; wrapped as an opaque
+# custom op, the compiled graph calls the same kernel on trainable ones (eager calls it directly:
+# the wrapper costs about 5 us per call)
+@torch.library.custom_op("scratchformer::onednn_linear", mutates_args=())
+def _compiled_onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@_compiled_onednn_linear.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.size(0)))
 
 
 def matmul_for(x: Tensor, weight: Tensor) -> Callable[..., Tensor]:
