@@ -107,7 +107,7 @@ class OracleGPT(nn.Module):
         self.embed = SimpleNamespace(pos=SimpleNamespace(supports_cache=False))
         self.dummy = nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0):
         B, T = input_ids.shape
         logits = torch.zeros(B, T, self.config.vocab_size)
         for b in range(B):
@@ -124,7 +124,7 @@ class OracleGPT(nn.Module):
                 nxt = str((int(nxt) + 1) % 10)
             tid = self.tok.eos_token_id if nxt == "#" else self.tok.token_to_id(nxt)
             logits[b, -1, tid] = 10.0
-        return logits
+        return logits[:, -logits_to_keep:] if logits_to_keep else logits
 
 
 class OracleSeq2Seq(nn.Module):

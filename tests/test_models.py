@@ -331,6 +331,17 @@ def test_separate_source_and_target_vocabularies():
 # --------------------------------------------------------------------------- GPT details
 
 
+def test_gpt_logits_to_keep_is_the_tail_of_the_full_logits():
+    model = build(GPT, GPTConfig).eval()
+    x = ids(2, 6)
+    full = model(x)
+    for k in (1, 3, 6):
+        torch.testing.assert_close(model(x, logits_to_keep=k), full[:, -k:], atol=1e-6, rtol=1e-5)
+    assert torch.equal(model(x, logits_to_keep=0), full)
+    with pytest.raises(ValueError, match=r"logits_to_keep=-1 must be an integer >= 0"):
+        model(x, logits_to_keep=-1)
+
+
 def test_gpt_max_len_enforced():
     model = build(GPT, GPTConfig, max_len=8)
     model(ids(1, 8))

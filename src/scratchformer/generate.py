@@ -293,7 +293,7 @@ class _Runner:
         if self.encoder_decoder:
             logits, _ = self.model.decode(new, self.memory, self.encoder_mask, None, self.cache)
         else:
-            logits = self.model(new, attention_mask=mask, position_ids=pos, cache=self.cache)
+            logits = self.model(new, attention_mask=mask, position_ids=pos, cache=self.cache, logits_to_keep=1)
         return logits[:, -1].float()  # (N, V)
 
     def reorder(self, index: Tensor) -> None:

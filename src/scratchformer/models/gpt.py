@@ -86,6 +86,7 @@ class GPT(nn.Module):
         position_ids: Tensor | None = None,
         cache: ModelCache | None = None,
         output_attentions: bool = False,
+        logits_to_keep: int = 0,
     ) -> Tensor | tuple[Tensor, list[dict[str, Tensor]]]:
         """
         Args:
@@ -95,10 +96,15 @@ class GPT(nn.Module):
                 batches start each row at 0); default: start..start+T-1.
             cache: a ``ModelCache`` to read and extend, or None.
             output_attentions: also return per-layer {"self": (B, H, T, S)}.
+            logits_to_keep: apply the LM head to the last this many positions
+                only (Hugging Face's name; 0: every position). Decoding without
+                a cache needs the last one.
         Returns:
-            logits (B, T, V), and the attentions when asked.
+            logits (B, T, V) (T = logits_to_keep when that is > 0), and the attentions when asked.
         """
         B, T = input_ids.shape
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep={logits_to_keep!r} must be an integer >= 0 (0: every position)")
         start = cache.length if cache is not None else 0
         check_mask(attention_mask, B, start + T, "attention_mask")
         attention_mask = drop_full_mask(attention_mask)  # no padding: the fused causal path
@@ -106,6 +112,8 @@ class GPT(nn.Module):
         x, attentions = self.decoder(
             x, self.embed.pos, start, key_padding=attention_mask, cache=cache, need_weights=output_attentions
         )
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
         logits = self.lm_head(x)  # (B, T, V)
         return (logits, attentions) if output_attentions else logits
 
