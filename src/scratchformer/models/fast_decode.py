@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from ..nn.attention import MultiHeadAttention, apply_rotary, attention
 from ..nn.blocks import Block
 from ..nn.feedforward import ACTIVATIONS, FeedForward
-from ..nn.linear import matmul_for
+from ..nn.linear import ONEDNN_MIN_MACS, get_linear_backend, onednn_linear, uses_onednn
 from ..nn.masks import attention_mask_for
 from ..nn.norm import LayerNorm
 from ..nn.positional import LearnedPositions, PositionalEncoding
@@ -67,37 +67,59 @@ def _norm_fn(norm: nn.Module) -> Fn:
 
 
 @dataclass(frozen=True)
+class _Lin:
+    """One Linear's parameters: the module's own tensors, plus an (in, out) copy of a weight
+    small enough that a one-row product stays on torch's kernel, which reads that layout faster."""
+
+    weight: Tensor  # (out, in)
+    weight_t: Tensor | None  # (in, out) copy, or None
+    bias: Tensor | None
+
+
+def _lin(linear: nn.Linear | None) -> _Lin | None:
+    if linear is None:
+        return None
+    w = linear.weight
+    small = w.device.type == "cpu" and w.numel() < ONEDNN_MIN_MACS
+    return _Lin(w, w.t().contiguous() if small else None, linear.bias)
+
+
+def _bind(lin: _Lin | None, onednn: bool) -> Fn | None:
+    """``lin`` as a function of x (rows, in): oneDNN's matmul, or torch's (on the (in, out)
+    copy when there is one: the same addmm as ``F.linear``, minus a transpose per call)."""
+    if lin is None:
+        return None
+    w, wt, b = lin.weight, lin.weight_t, lin.bias
+    if onednn:
+        return lambda x: onednn_linear(x, w, b)
+    if wt is None:
+        return lambda x: F.linear(x, w, b)
+    return (lambda x: torch.mm(x, wt)) if b is None else (lambda x: torch.addmm(b, x, wt))
+
+
+@dataclass(frozen=True)
 class _Layer:
-    """One block's parameters (the module's own tensors, not copies), read once."""
+    """One block's parameters, read once."""
 
     attn_norm: Fn
-    w_qkv: Tensor  # (3C, C)
-    b_qkv: Tensor | None
-    w_out: Tensor  # (C, C)
-    b_out: Tensor | None
+    qkv: _Lin  # (C -> 3C)
+    out: _Lin  # (C -> C)
     impl: str
     mlp_norm: Fn | None  # None: the block has no feed-forward sublayer
-    w_up: Tensor | None  # (F, C)
-    b_up: Tensor | None
-    w_gate: Tensor | None  # (F, C), swiglu only
-    b_gate: Tensor | None
-    w_down: Tensor | None  # (C, F)
-    b_down: Tensor | None
+    up: _Lin | None  # (C -> F)
+    gate: _Lin | None  # (C -> F), swiglu only
+    down: _Lin | None  # (F -> C)
     activation: Fn | None  # None for swiglu (gated)
-
-
-def _wb(linear: nn.Linear | None) -> tuple[Tensor | None, Tensor | None]:
-    return (None, None) if linear is None else (linear.weight, linear.bias)
 
 
 def _layer(block: Block) -> _Layer:
     mha: MultiHeadAttention = block.attn.sublayer
-    attn = (_norm_fn(block.attn.norm), *_wb(mha.in_proj), *_wb(mha.out_proj), mha.impl)
+    attn = (_norm_fn(block.attn.norm), _lin(mha.in_proj), _lin(mha.out_proj), mha.impl)
     if block.mlp is None:
-        return _Layer(*attn, *([None] * 8))
+        return _Layer(*attn, *([None] * 5))
     ffn: FeedForward = block.mlp.sublayer
     activation = None if ffn.gate is not None else ACTIVATIONS[ffn.activation]
-    return _Layer(*attn, _norm_fn(block.mlp.norm), *_wb(ffn.up), *_wb(ffn.gate), *_wb(ffn.down), activation)
+    return _Layer(*attn, _norm_fn(block.mlp.norm), _lin(ffn.up), _lin(ffn.gate), _lin(ffn.down), activation)
 
 
 class DecodeStep:
@@ -105,9 +127,12 @@ class DecodeStep:
     logits after the last token, as ``forward(token_ids, cache=cache)[:, -1]``.
     T is 1 for a decoding step, or the prompt's length for the first call.
 
-    Build it once per decoding run: it holds the model's own parameter
-    tensors (no copies), so in-place updates show through, but a parameter
-    replaced by a new tensor (``model.lm_head.weight = ...``) does not.
+    Build it once per decoding run, after the weights are final: it holds
+    the model's own tensors for the big weights (their matmuls go to oneDNN,
+    which reads them as they are) and (in, out) copies of the small ones
+    (fewer than ``nn.linear.ONEDNN_MIN_MACS`` elements, about 1.05x tokens/s
+    for the small model with torch's kernel), so later changes to the
+    parameters may not show through.
     ``DecodeStep.supports(model)`` is None when the model's configuration is
     covered, else the reason it is not; the constructor raises that reason.
     """
@@ -152,7 +177,8 @@ class DecodeStep:
         self.has_bias = type(embed.pos).attention_bias is not PositionalEncoding.attention_bias
         self.layers = [_layer(b) for b in model.decoder.blocks]
         self.final_norm = _norm_fn(model.decoder.final_norm)
-        self.w_head, self.b_head = _wb(model.lm_head)
+        self.head = _lin(model.lm_head)
+        self._chosen: dict[tuple, tuple[list[tuple[Fn | None, ...]], Fn]] = {}  # see _matmuls
 
     def __call__(
         self,
@@ -206,14 +232,11 @@ class DecodeStep:
         fused = bias is None and (mask is None or is_causal)  # SDPA's kernel, for layers with impl "fused"
 
         pre_residual = self.norm_first and self.residual  # the common case, inlined: x + sublayer(norm(x))
-        # each matmul's kernel (oneDNN or F.linear, by size: nn.linear), chosen once: every layer has the same shapes
-        first = self.layers[0]
-        mm_qkv, mm_out = matmul_for(x, first.w_qkv), matmul_for(x, first.w_out)
-        mm_up, mm_down = (matmul_for(x, first.w_up), matmul_for(x, first.w_down)) if first.w_up is not None else (None, None)
-        for layer, kv in zip(self.layers, cache.self_attn):
+        plan, head = self._matmuls(x, B)
+        for layer, kv, (qkv_mm, out_mm, up_mm, gate_mm, down_mm) in zip(self.layers, cache.self_attn, plan):
             # self-attention sublayer
             h = layer.attn_norm(x) if self.norm_first else x
-            qkv = mm_qkv(h, layer.w_qkv, layer.b_qkv)  # (B T, 3C)
+            qkv = qkv_mm(h)  # (B T, 3C)
             # (B, 3, H, T, D): for one token a view suffices
             qkv = qkv.view(B, 3, H, 1, D) if T == 1 else qkv.view(B, T, 3, H, D).permute(0, 2, 3, 1, 4)
             q = qkv.select(1, 0)  # (B, H, T, D)
@@ -227,22 +250,35 @@ class DecodeStep:
             else:
                 o, _ = attention(q, k, v, mask, bias, 0.0, layer.impl)
             o = o.reshape(B, C) if T == 1 else o.transpose(1, 2).reshape(B * T, C)  # (B T, C)
-            o = mm_out(o, layer.w_out, layer.b_out)  # (B T, C)
+            o = out_mm(o)  # (B T, C)
             x = x + o if pre_residual else self._residual(x, o, layer.attn_norm)
             if layer.mlp_norm is None:
                 continue
             # feed-forward sublayer
             h = layer.mlp_norm(x) if self.norm_first else x
-            u = mm_up(h, layer.w_up, layer.b_up)  # (B T, F)
-            if layer.activation is None:  # swiglu
-                u = F.silu(u) * mm_up(h, layer.w_gate, layer.b_gate)
-            else:
-                u = layer.activation(u)
-            u = mm_down(u, layer.w_down, layer.b_down)  # (B T, C)
+            u = up_mm(h)  # (B T, F)
+            u = F.silu(u) * gate_mm(h) if layer.activation is None else layer.activation(u)  # swiglu: gated
+            u = down_mm(u)  # (B T, C)
             x = x + u if pre_residual else self._residual(x, u, layer.mlp_norm)
         if T > 1:
             x = x.view(B, T, C)[:, -1]  # (B, C): norms act per position, so only the last one matters
-        return matmul_for(x, self.w_head)(self.final_norm(x), self.w_head, self.b_head)  # (B, V)
+        return head(self.final_norm(x))  # (B, V)
+
+    def _matmuls(self, x: Tensor, B: int) -> tuple[list[tuple[Fn | None, ...]], Fn]:
+        """Each layer's matmuls (q|k|v, out, up, gate, down) and the head's, bound to their weights,
+        each on oneDNN's kernel or torch's by size (``nn.linear.uses_onednn``) for rows x (B T, C).
+        Every layer has the same shapes, so one choice serves all; remembered per row count,
+        backend and autocast state."""
+        key = (x.size(0), get_linear_backend(), torch.is_autocast_enabled(x.device.type))
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            first = self.layers[0]
+            on = {name: lin is not None and uses_onednn(x, lin.weight)
+                  for name, lin in (("qkv", first.qkv), ("out", first.out), ("up", first.up), ("down", first.down))}
+            plan = [(_bind(l.qkv, on["qkv"]), _bind(l.out, on["out"]), _bind(l.up, on["up"]), _bind(l.gate, on["up"]),
+                     _bind(l.down, on["down"])) for l in self.layers]  # fmt: skip
+            chosen = self._chosen[key] = (plan, _bind(self.head, uses_onednn(x[:B], self.head.weight)))
+        return chosen
 
     def _residual(self, x: Tensor, out: Tensor, norm: Fn) -> Tensor:
         """Pre-norm: x + out; post-norm: norm(x + out); without the skip, out alone."""
