@@ -16,7 +16,12 @@ tokens, and ``same_as_fp32`` in the JSON says whether our bfloat16 tokens
 equal our float32 ones. A bfloat16-vs-float32 ratio measures a
 different computation and is not the headline.
 
-Run:  PYTHONPATH=src .venv/bin/python benchmarks/bench_generate.py [--repeats 5] [--only small]
+The cached float32 rows are then measured again in ``--processes`` fresh
+processes (default 3), each a new run of this script, and reported as a
+median and range: at the 124M shape, where a step streams half a gigabyte of
+weights, the speed differs from process to process on some machines.
+
+Run:  PYTHONPATH=src .venv/bin/python benchmarks/bench_generate.py [--repeats 5] [--only small] [--processes 3]
 Writes benchmarks/out/bench_generate.json and prints a table.
 """
 
@@ -28,6 +33,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,10 +100,12 @@ def bench_shape(name: str, repeats: int, caches: tuple[bool, ...], bf16: bool) -
     rows = []
     fp32_tokens = {}
     for use_cache in caches:
-        # without the cache every step re-reads the whole sequence: slow, so fewer repeats and no warm-up
+        # without the cache every step re-reads the whole sequence: slow, so fewer repeats. Every row gets one
+        # warm-up call: oneDNN builds a kernel the first time it meets a matrix shape (about 0.5 ms each),
+        # and without the cache every step brings new shapes
         r = repeats if use_cache else max(1, repeats // 3)
-        t_ours, out_ours = timed(lambda: generate(ours, prompt, max_new_tokens=NEW, use_cache=use_cache), r, use_cache)
-        t_hf, out_hf = timed(lambda: _hf_generate(hf, prompt, use_cache), r, use_cache)
+        t_ours, out_ours = timed(lambda: generate(ours, prompt, max_new_tokens=NEW, use_cache=use_cache), r)
+        t_hf, out_hf = timed(lambda: _hf_generate(hf, prompt, use_cache), r)
         fp32_tokens[use_cache] = (out_ours, out_hf, t_hf)
         rows.append(_row(name, "fp32/fp32", use_cache, t_ours, t_hf, bool(torch.equal(out_ours, out_hf)), r))
     if bf16 and True in fp32_tokens:
@@ -111,6 +121,20 @@ def bench_shape(name: str, repeats: int, caches: tuple[bool, ...], bf16: bool) -
     return rows
 
 
+def fresh_process_ratios(name: str, args) -> list[float]:
+    """scratchformer / HF for the cached float32 row of ``name``, each in a fresh process."""
+    ratios = []
+    for i in range(args.processes):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "row.json"
+            cmd = [sys.executable, __file__, "--only", name, "--cache", "on", "--no-bf16", "--processes", "0",
+                   "--repeats", str(args.repeats), "--threads", str(args.threads), "--out", str(out)]
+            subprocess.run(cmd, check=True, capture_output=True)
+            ratios.append(json.loads(out.read_text())["rows"][0]["ratio"])
+        print(f"  {name}: fresh process {i + 1}/{args.processes}: {ratios[-1]:.2f}x", flush=True)
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -120,16 +144,25 @@ def main() -> None:
     parser.add_argument(
         "--bf16", action=argparse.BooleanOptionalAction, default=True, help="add the labelled bfloat16 rows (cache on)"
     )
+    parser.add_argument(
+        "--processes", type=int, default=3,
+        help="also measure the cached float32 rows in this many fresh processes (0: skip); the speed of a "
+        "memory-bound decode varies from process to process on some machines",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "bench_generate.json"))
     args = parser.parse_args()
     import transformers
+
+    from scratchformer.nn.linear import get_linear_backend
 
     if args.threads:
         torch.set_num_threads(args.threads)
     caches = {"both": (True, False), "on": (True,), "off": (False,)}[args.cache]
     rows = []
-    for name in [args.only] if args.only else list(SHAPES):
+    names = [args.only] if args.only else list(SHAPES)
+    for name in names:
         rows.extend(bench_shape(name, args.repeats, caches, args.bf16))
+    spread = {name: fresh_process_ratios(name, args) for name in names} if args.processes else {}
     print(f"batch 1, greedy, prompt {PROMPT} + {NEW} new tokens, CPU threads={torch.get_num_threads()}")
     print("dtype = ours/HF weights; bf16 rows are extra (a different computation), never the headline")
     print("same = our tokens equal HF's in that row; ours=fp32 = our bf16 tokens equal our fp32 tokens")
@@ -151,6 +184,7 @@ def main() -> None:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "rows": rows,
+        "fresh_process_ratios": spread,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +195,8 @@ def main() -> None:
         f"Batch 1, greedy, {PROMPT}-token prompt + {NEW} new tokens, CPU threads={torch.get_num_threads()}, "
         f"load average {os.getloadavg()[0]:.1f} at the end. dtype is ours/HF weights: the bf16 rows are a "
         "different computation, shown for reference, never the headline. `same`: our tokens equal HF's; "
-        "`ours=fp32`: our bf16 tokens equal our fp32 tokens.",
+        "`ours=fp32`: our bf16 tokens equal our fp32 tokens. Each figure is the median of timed calls after "
+        f"one warm-up call; scratchformer's linear backend: `{get_linear_backend()}`.",
         "",
         "| model | dtype | cache | scratchformer tok/s | HF tok/s | scratchformer / HF | same | ours=fp32 |",
         "|---|---|---|---:|---:|---:|---|---|",
@@ -172,6 +207,21 @@ def main() -> None:
             f"| {row['hf_tokens_per_s']:.1f} | **{row['ratio']:.2f}x** | {row['same_tokens']} "
             f"| {row.get('same_as_fp32', '-')} |"
         )
+    if spread:
+        lines += [
+            "",
+            f"The cached float32 rows again, each in {args.processes} fresh processes (a memory-bound decode's speed "
+            "varies from process to process on this machine; Hugging Face's, which is further from the memory "
+            "limit, much less):",
+            "",
+            "| model | scratchformer / HF per process | median | min | max |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for name, ratios in spread.items():
+            each = ", ".join(f"{r:.2f}x" for r in ratios)
+            lines.append(f"| {name} | {each} | **{statistics.median(ratios):.2f}x** | {min(ratios):.2f}x | {max(ratios):.2f}x |")
+        for name, ratios in spread.items():
+            print(f"{name}: fresh processes {', '.join(f'{r:.2f}x' for r in ratios)} (median {statistics.median(ratios):.2f}x)")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")
 

@@ -74,12 +74,16 @@ def test_only_the_gradients_asked_for_are_made():
 
 @needs_onednn
 def test_auto_sends_only_big_enough_products_to_onednn():
-    w = torch.randn(256, 512)
+    w = torch.randn(256, 512)  # below ONEDNN_MIN_WEIGHT: the row count decides
+    assert w.numel() < L.ONEDNN_MIN_WEIGHT
     rows = L.ONEDNN_MIN_MACS // w.numel()  # exactly the threshold
+    big = torch.randn(L.ONEDNN_MIN_WEIGHT // 512, 512)  # a weight big enough for any row count
     with L.linear_backend("auto"):
         assert L.uses_onednn(torch.randn(rows, 512), w)
         assert not L.uses_onednn(torch.randn(rows - 1, 512), w)
         assert L.uses_onednn(torch.randn(2, rows // 2, 512), w)  # leading dimensions are rows too
+        assert L.uses_onednn(torch.randn(1, 512), big)
+        assert not L.uses_onednn(torch.randn(1, 512), big[:-1])
         assert L.matmul_for(torch.randn(rows, 512), w) is L.onednn_linear
         assert L.matmul_for(torch.randn(1, 512), w) is F.linear
     with L.linear_backend("onednn"):

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from ..nn.attention import MultiHeadAttention, apply_rotary, attention
 from ..nn.blocks import Block
 from ..nn.feedforward import ACTIVATIONS, FeedForward
-from ..nn.linear import ONEDNN_MIN_MACS, get_linear_backend, onednn_linear, uses_onednn
+from ..nn.linear import ONEDNN_MIN_WEIGHT, get_linear_backend, onednn_linear, uses_onednn
 from ..nn.masks import attention_mask_for
 from ..nn.norm import LayerNorm
 from ..nn.positional import LearnedPositions, PositionalEncoding
@@ -80,7 +80,7 @@ def _lin(linear: nn.Linear | None) -> _Lin | None:
     if linear is None:
         return None
     w = linear.weight
-    small = w.device.type == "cpu" and w.numel() < ONEDNN_MIN_MACS
+    small = w.device.type == "cpu" and w.numel() < ONEDNN_MIN_WEIGHT  # a one-row product stays on torch's kernel
     return _Lin(w, w.t().contiguous() if small else None, linear.bias)
 
 
@@ -130,7 +130,7 @@ class DecodeStep:
     Build it once per decoding run, after the weights are final: it holds
     the model's own tensors for the big weights (their matmuls go to oneDNN,
     which reads them as they are) and (in, out) copies of the small ones
-    (fewer than ``nn.linear.ONEDNN_MIN_MACS`` elements, about 1.05x tokens/s
+    (fewer than ``nn.linear.ONEDNN_MIN_WEIGHT`` elements, about 1.05x tokens/s
     for the small model with torch's kernel), so later changes to the
     parameters may not show through.
     ``DecodeStep.supports(model)`` is None when the model's configuration is

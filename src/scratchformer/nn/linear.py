@@ -22,7 +22,8 @@ Backends, chosen process-wide with ``set_linear_backend`` (or the
 ``SCRATCHFORMER_LINEAR`` environment variable):
 
 - ``"auto"`` (default): oneDNN for float32 matmuls on the CPU of at least
-  ``ONEDNN_MIN_MACS`` multiply-adds, when this PyTorch has it, eager or
+  ``ONEDNN_MIN_MACS`` multiply-adds or with a weight of at least
+  ``ONEDNN_MIN_WEIGHT`` numbers, when this PyTorch has it, eager or
   under ``torch.compile``; ``F.linear`` for everything else (small
   products, where oneDNN's fixed cost per call dominates; CUDA; float64;
   bfloat16; autocast).
@@ -51,9 +52,11 @@ from ..errors import ConfigError, unknown_name
 LinearBackend = Literal["auto", "torch", "onednn"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onednn")
 ENV_VAR = "SCRATCHFORMER_LINEAR"
-# below this many multiply-adds, oneDNN's fixed cost per call (about 15 us here, against
-# 3 us for F.linear) outweighs its faster kernel: a (1, 768) x (768, 768) product is a tie
-ONEDNN_MIN_MACS = 1 << 20
+# oneDNN costs about 13 us more per call than F.linear (here); it pays that back from about
+# 2M multiply-adds (a (32, 128) x (128, 512) product is a tie), or on a weight of 1M numbers
+# or more even for one row, which it reads from memory faster (decoding)
+ONEDNN_MIN_MACS = 1 << 21
+ONEDNN_MIN_WEIGHT = 1 << 20
 
 
 # oneDNN ships inside PyTorch's CPU builds (torch.compile's CPU backend uses it too)
@@ -104,7 +107,7 @@ def linear_backend(name: LinearBackend) -> Iterator[None]:
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     """Whether ``linear(x, weight)`` takes the oneDNN path: a float32 matmul on the CPU
     outside autocast, under backend "onednn", or under "auto" when it has at least
-    ``ONEDNN_MIN_MACS`` multiply-adds."""
+    ``ONEDNN_MIN_MACS`` multiply-adds or its weight at least ``ONEDNN_MIN_WEIGHT`` numbers."""
     backend = get_linear_backend()
     eligible = (
         _ONEDNN
@@ -117,7 +120,10 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
         and weight.numel() > 0
         and not torch.is_autocast_enabled("cpu")
     )
-    return eligible and (backend == "onednn" or x.numel() // x.size(-1) * weight.numel() >= ONEDNN_MIN_MACS)
+    if not eligible:
+        return False
+    n = weight.numel()
+    return backend == "onednn" or n >= ONEDNN_MIN_WEIGHT or x.numel() // x.size(-1) * n >= ONEDNN_MIN_MACS
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
