@@ -43,6 +43,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -405,6 +406,14 @@ def markdown(report: dict) -> str:
         for name, r in s["ratios"].items():
             lines.append(f"| {name} | **{r['ratio']:.2f}x** | {r['round_q1']:.2f}-{r['round_q3']:.2f} |")
         lines.append("")
+        fresh = report.get("fresh_process_ratios")
+        if fresh:
+            lines += [
+                f"The eager ratio again in {len(fresh)} fresh processes, one after another (quick settings; on this "
+                f"virtual machine it drifts with the host's state): {', '.join(f'{r:.2f}x' for r in fresh)}; "
+                f"median **{statistics.median(fresh):.2f}x**, range {min(fresh):.2f}-{max(fresh):.2f}x.",
+                "",
+            ]
     for key, title in (("changes", "Where the speed-up comes from (eager; each row adds one change to the one above)"),
                        ("optim", "AdamW implementation (scratchformer eager)"), ("dtype", "bfloat16 autocast vs float32 (scratchformer eager)")):
         if key in report:
@@ -431,6 +440,21 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['context']} | {r['attn_impl']} | {r['median_ms']:.1f} | {r['ms_per_1k_tokens']:.1f} | {r['peak_rss_growth_mb']:.0f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def fresh_process_ratios(args) -> list[float]:
+    """The eager speed ratio (scratchformer / baseline), once per fresh process (the quick settings)."""
+    ratios = []
+    for i in range(args.processes):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, __file__, "--sections", "speed", "--no-compile", "--quick", "--processes", "0",
+                   "--threads", str(args.threads), "--batch", str(args.batch), "--context", str(args.context),
+                   "--optim", args.optim, "--out-dir", tmp]
+            subprocess.run(cmd, check=True, capture_output=True)
+            report = json.loads((Path(tmp) / "bench_train.json").read_text())
+            ratios.append(report["speed"]["ratios"]["scratchformer eager / baseline eager"]["ratio"])
+        print(f"  fresh process {i + 1}/{args.processes}: {ratios[-1]:.3f}x", flush=True)
+    return ratios
 
 
 def cpu_name() -> str:
@@ -471,6 +495,9 @@ def parse_args(argv=None):
     p.add_argument("--scaling-batch", type=int, default=2)
     p.add_argument("--scaling-warmup", type=int, default=None)
     p.add_argument("--scaling-rounds", type=int, default=None)
+    p.add_argument("--processes", type=int, default=3,
+                   help="repeat the eager speed ratio in this many fresh processes (0: skip); on a virtual machine "
+                   "the ratio drifts with the host's state, so one process is one sample")
     p.add_argument("--out-dir", type=Path, default=HERE / "out")
     # internal: the peak memory of one scaling configuration, in a fresh process
     p.add_argument("--_memory-worker", dest="memory_worker", action="store_true", help=argparse.SUPPRESS)
@@ -513,6 +540,9 @@ def main(argv=None) -> None:
     if "scaling" in args.sections:
         print("[scaling]", flush=True)
         report["scaling"] = section_scaling(args, data, vocab)
+    if "speed" in args.sections and args.processes:
+        print("[fresh processes]", flush=True)
+        report["fresh_process_ratios"] = fresh_process_ratios(args)
     report["total_seconds"] = time.perf_counter() - t_start
     report["environment"]["load_average_after"] = os.getloadavg()
     md = markdown(report)
