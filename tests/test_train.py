@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scratchformer.errors import CheckpointError
+from scratchformer.nn.linear import onednn_available
 from scratchformer.models import (
     GPT,
     EncoderClassifier,
@@ -362,10 +363,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("backend", ["auto", "onednn"])  # onednn: every matmul of this tiny model through oneDNN
+def test_resume_after_sigkill_is_bit_identical(tmp_path, backend):
+    if backend == "onednn" and not onednn_available():
+        pytest.skip("this PyTorch has no oneDNN linear kernel")
     steps, kill_at = 40, 6
     overrides = [*TINY_GPT, f"train.steps={steps}", "train.checkpoint_every=1", "train.keep_checkpoints=3",
-                 "model.dropout=0.1", f"train.out_dir={tmp_path}"]  # dropout: the torch RNG must be restored too
+                 "model.dropout=0.1", f"train.out_dir={tmp_path}",  # dropout: the torch RNG must be restored too
+                 f"train.linear_backend={backend}"]  # the resumed run reads it back from config.json
     # the uninterrupted run and the one to kill run side by side (2 cores)
     straight = subprocess.Popen(_cli("train", *overrides, "name=straight"), env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -388,6 +393,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     resumed = subprocess.run(_cli("train", "--resume", str(run_dir)), env=_env(), capture_output=True, text=True,
                              timeout=180)
     assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "config.json").read_text())["train"]["linear_backend"] == backend
     assert not stale.exists()
     _, err = straight.communicate(timeout=180)
     assert straight.returncode == 0, err
