@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from scratchformer.nn.linear import onednn_available
 from scratchformer.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +25,9 @@ OVERRIDES = [
     "train.batch_size=16", "train.steps=5", "train.eval_every=0", "train.checkpoint_every=0",
     "train.eval_max_examples=200", "train.progress=false", "train.log_every=1", "train.warmup_steps=2",
     "train.lr=3e-3",
+    # every matmul through the oneDNN Linear (its custom backward under DDP's and FSDP's gradient hooks);
+    # "auto" would leave this tiny model's products on F.linear, which the rest of the suite covers
+    *(["train.linear_backend=onednn"] if onednn_available() else []),
 ]
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scratchformer.errors import CheckpointError
-from scratchformer.nn.linear import onednn_available
+from scratchformer.nn.linear import get_linear_backend, onednn_available
 from scratchformer.models import (
     GPT,
     EncoderClassifier,
@@ -313,6 +313,23 @@ def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(run_dir / "checkpoints" / "step_00000001")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_run(tmp_path / "missing")
+
+
+def test_the_runs_linear_backend_holds_during_training_and_is_restored_after(tmp_path, monkeypatch):
+    seen = set()
+    real = losses_module.LOSSES["lm"]
+
+    def spy(model, batch):
+        seen.add(get_linear_backend())
+        return real(model, batch)
+
+    monkeypatch.setitem(losses_module.LOSSES, "lm", spy)
+    before = get_linear_backend()
+    other = "torch" if before != "torch" else "auto"
+    train(tiny_config(tmp_path, "train.steps=2", f"train.linear_backend={other}", "name=backend"))
+    assert seen == {other}
+    assert get_linear_backend() == before
+    assert json.loads((tmp_path / "backend" / "config.json").read_text())["train"]["linear_backend"] == other
 
 
 # ---------------------------------------------------------------------- non-finite loss

@@ -40,7 +40,7 @@ from .checkpoint import (
     save_state_dict,
     check_state_matches,
 )
-from ..nn.linear import linear, set_linear_backend
+from ..nn.linear import linear, linear_backend
 from .config import RunConfig
 from .data import ResumableSampler, split_global_batch
 from .losses import (
@@ -335,11 +335,12 @@ def train(
             message names the step, and the last checkpoint is left untouched.
     """
     tc = cfg.train
-    info, device = D.init_distributed(tc.device)
-    try:
-        return _train(cfg, info, device, run_dir, resume)
-    finally:
-        D.shutdown_distributed(info)
+    with linear_backend(tc.linear_backend):  # for this run only; the caller's choice comes back after
+        info, device = D.init_distributed(tc.device)
+        try:
+            return _train(cfg, info, device, run_dir, resume)
+        finally:
+            D.shutdown_distributed(info)
 
 
 def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resume: bool) -> TrainResult:
@@ -348,7 +349,6 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
         check_tensorboard()
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    set_linear_backend(tc.linear_backend)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
     if use_bf16 and device.type == "cpu":
         speedup = cpu_bf16_matmul_speedup()
