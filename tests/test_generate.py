@@ -566,6 +566,29 @@ def test_decode_step_through_onednn_equals_forward(positional, activation):
         assert (got - expected).abs().max() <= 1e-5 * expected.abs().max().clamp(min=1.0)
 
 
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
+def test_decode_step_counts_on_onednn_only_without_gradients(monkeypatch):
+    import scratchformer.models.fast_decode as fd
+
+    calls = [0]
+    real = fd.onednn_linear
+
+    def counted(*args):
+        calls[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(fd, "onednn_linear", counted)
+    model = gpt()
+    with linear_backend("onednn"):
+        with torch.no_grad():
+            model.decode_step(prompt(2, 1), model.new_cache())
+        assert calls[0] > 0  # oneDNN's kernel when no gradient is wanted
+        calls[0] = 0
+        model.decode_step(prompt(2, 1), model.new_cache()).sum().backward()  # with gradients: torch's
+    assert calls[0] == 0
+    assert all(p.grad is not None for p in model.parameters())  # every parameter reached by backward
+
+
 def test_decode_step_refuses_what_it_cannot_reproduce():
     from scratchformer.models.fast_decode import DecodeStep
 

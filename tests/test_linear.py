@@ -63,13 +63,53 @@ def test_onednn_linear_equals_f_linear_forward_and_backward(case):
             assert g.shape == r.shape and _rel(g, r) < 1e-5
 
 
+def _count_onednn_calls(monkeypatch) -> list[int]:
+    """Count the oneDNN products the Linear path makes (forward and backward)."""
+    calls = [0]
+    real = L.onednn_linear
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(L, "onednn_linear", counted)
+    return calls
+
+
 @needs_onednn
-def test_only_the_gradients_asked_for_are_made():
+def test_only_the_gradients_asked_for_are_made(monkeypatch):
+    calls = _count_onednn_calls(monkeypatch)
     x, w = torch.randn(6, 8), torch.randn(5, 8, requires_grad=True)
     with L.linear_backend("onednn"):
         L.linear(x, w).sum().backward()
-    assert x.grad is None and w.grad is not None
+    assert calls[0] == 2  # the forward and dy.T @ x; no dy @ W, since x needs no gradient
+    assert x.grad is None
     assert _rel(w.grad, torch.ones(6, 5).t() @ x) < 1e-6
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # from torch.func's internals
+def test_double_backward_jvp_and_torch_func_fall_back_to_torch_rules():
+    torch.manual_seed(0)
+    lin = L.Linear(1024, 1024)  # a weight of 1M numbers: oneDNN under "auto"
+    x = torch.randn(3, 1024, requires_grad=True)
+    with L.linear_backend("auto"):
+        assert L.uses_onednn(x, lin.weight)
+        # double backward: the gradient of a gradient
+        (g,) = torch.autograd.grad(lin(x).pow(2).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sum(), x)
+        # forward-mode AD, even without autograd
+        v = torch.randn_like(x)
+        with torch.no_grad():
+            _, tangent = torch.func.jvp(lin, (x.detach(),), (v,))
+        # torch.func.grad
+        fg = torch.func.grad(lambda t: lin(t).pow(2).sum())(x.detach())
+    with L.linear_backend("torch"):
+        (g_ref,) = torch.autograd.grad(lin(x).pow(2).sum(), x, create_graph=True)
+        (gg_ref,) = torch.autograd.grad(g_ref.sum(), x)
+    assert _rel(g, g_ref) < 1e-5 and _rel(gg, gg_ref) < 1e-5
+    assert _rel(tangent, F.linear(v, lin.weight)) < 1e-5
+    assert _rel(fg, g_ref) < 1e-5
 
 
 @needs_onednn
@@ -120,13 +160,16 @@ def test_compiled_onednn_linear_equals_f_linear():
 
 
 def test_gradcheck_float64_linear_module():
+    # float64 takes torch's kernel (the oneDNN backward is held to F.linear's in float32 above)
     lin = L.Linear(5, 3).double()
     x = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert not L.uses_onednn(x, lin.weight)
     assert torch.autograd.gradcheck(lambda t: lin(t), (x,))
 
 
 @needs_onednn
-def test_gpt_loss_and_gradients_agree_between_backends():
+def test_gpt_loss_and_gradients_agree_between_backends(monkeypatch):
+    calls = _count_onednn_calls(monkeypatch)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, max_len=32, n_layer=2, n_head=2, d_model=32))
     ids = torch.randint(0, 50, (3, 16))
@@ -137,6 +180,7 @@ def test_gpt_loss_and_gradients_agree_between_backends():
             loss = model.loss(ids, ids)
         loss.backward()
         results[backend] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert calls[0] > 0  # the oneDNN side really ran through oneDNN
     (l_t, g_t), (l_o, g_o) = results["torch"], results["onednn"]
     assert abs(l_t.item() - l_o.item()) < 1e-5
     for name in g_t:
@@ -147,6 +191,15 @@ def test_bad_backend_names_the_value_and_the_choices():
     with pytest.raises(ConfigError, match=r"'onednnn'.*did you mean 'onednn'"):
         L.set_linear_backend("onednnn")
     assert L.get_linear_backend() in L.BACKENDS  # unchanged by the refused call
+
+
+def test_an_explicit_choice_overrides_a_bad_environment_variable(monkeypatch):
+    monkeypatch.setattr(L, "_backend", None)
+    monkeypatch.setenv("SCRATCHFORMER_LINEAR", "fast")
+    with L.linear_backend("torch"):
+        assert L.get_linear_backend() == "torch"
+    with pytest.raises(ConfigError, match="SCRATCHFORMER_LINEAR.*'fast'"):
+        L.get_linear_backend()
 
 
 def test_bad_environment_variable_is_a_clear_error():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -338,6 +339,7 @@ def test_gpt_logits_to_keep_is_the_tail_of_the_full_logits():
     for k in (1, 3, 6):
         torch.testing.assert_close(model(x, logits_to_keep=k), full[:, -k:], atol=1e-6, rtol=1e-5)
     assert torch.equal(model(x, logits_to_keep=0), full)
+    torch.testing.assert_close(model(x, logits_to_keep=np.int64(2)), full[:, -2:], atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match=r"logits_to_keep=-1 must be an integer >= 0"):
         model(x, logits_to_keep=-1)
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scratchformer.errors import CheckpointError
+from scratchformer.nn import linear as linear_module
 from scratchformer.nn.linear import get_linear_backend, onednn_available
 from scratchformer.models import (
     GPT,
@@ -330,6 +331,13 @@ def test_the_runs_linear_backend_holds_during_training_and_is_restored_after(tmp
     assert seen == {other}
     assert get_linear_backend() == before
     assert json.loads((tmp_path / "backend" / "config.json").read_text())["train"]["linear_backend"] == other
+
+
+def test_training_without_a_linear_backend_uses_the_processs_and_records_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(linear_module, "_backend", None)
+    monkeypatch.setenv("SCRATCHFORMER_LINEAR", "torch")
+    train(tiny_config(tmp_path, "train.steps=1", "name=envbackend"))
+    assert json.loads((tmp_path / "envbackend" / "config.json").read_text())["train"]["linear_backend"] == "torch"
 
 
 # ---------------------------------------------------------------------- non-finite loss

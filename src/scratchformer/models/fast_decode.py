@@ -132,7 +132,9 @@ class DecodeStep:
     which reads them as they are) and (in, out) copies of the small ones
     (fewer than ``nn.linear.ONEDNN_MIN_WEIGHT`` elements, about 1.05x tokens/s
     for the small model with torch's kernel), so later changes to the
-    parameters may not show through.
+    parameters may not show through. With gradients enabled (``decode_step``
+    outside ``torch.no_grad``) every matmul takes torch's kernel, which
+    autograd can differentiate.
     ``DecodeStep.supports(model)`` is None when the model's configuration is
     covered, else the reason it is not; the constructor raises that reason.
     """
@@ -268,16 +270,17 @@ class DecodeStep:
         """Each layer's matmuls (q|k|v, out, up, gate, down) and the head's, bound to their weights,
         each on oneDNN's kernel or torch's by size (``nn.linear.uses_onednn``) for rows x (B T, C).
         Every layer has the same shapes, so one choice serves all; remembered per row count,
-        backend and autocast state."""
-        key = (x.size(0), get_linear_backend(), torch.is_autocast_enabled(x.device.type))
+        backend, autocast and grad mode."""
+        grad = torch.is_grad_enabled()  # with gradients on, only torch's kernels (oneDNN's has no autograd)
+        key = (x.size(0), get_linear_backend(), torch.is_autocast_enabled(x.device.type), grad)
         chosen = self._chosen.get(key)
         if chosen is None:
             first = self.layers[0]
-            on = {name: lin is not None and uses_onednn(x, lin.weight)
+            on = {name: lin is not None and not grad and uses_onednn(x, lin.weight)
                   for name, lin in (("qkv", first.qkv), ("out", first.out), ("up", first.up), ("down", first.down))}
             plan = [(_bind(l.qkv, on["qkv"]), _bind(l.out, on["out"]), _bind(l.up, on["up"]), _bind(l.gate, on["up"]),
                      _bind(l.down, on["down"])) for l in self.layers]  # fmt: skip
-            chosen = self._chosen[key] = (plan, _bind(self.head, uses_onednn(x[:B], self.head.weight)))
+            chosen = self._chosen[key] = (plan, _bind(self.head, not grad and uses_onednn(x[:B], self.head.weight)))
         return chosen
 
     def _residual(self, x: Tensor, out: Tensor, norm: Fn) -> Tensor:

@@ -103,7 +103,8 @@ class GPT(nn.Module):
             logits (B, T, V) (T = logits_to_keep when that is > 0), and the attentions when asked.
         """
         B, T = input_ids.shape
-        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        keep = None if isinstance(logits_to_keep, bool) else getattr(logits_to_keep, "__index__", lambda: None)()
+        if keep is None or keep < 0:
             raise ValueError(f"logits_to_keep={logits_to_keep!r} must be an integer >= 0 (0: every position)")
         start = cache.length if cache is not None else 0
         check_mask(attention_mask, B, start + T, "attention_mask")
@@ -112,8 +113,8 @@ class GPT(nn.Module):
         x, attentions = self.decoder(
             x, self.embed.pos, start, key_padding=attention_mask, cache=cache, need_weights=output_attentions
         )
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
+        if keep:
+            x = x[:, -keep:]  # (B, logits_to_keep, C)
         logits = self.lm_head(x)  # (B, T, V)
         return (logits, attentions) if output_attentions else logits
 

@@ -45,7 +45,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError, unknown_name
 
@@ -96,18 +95,29 @@ def set_linear_backend(name: LinearBackend) -> None:
 @contextmanager
 def linear_backend(name: LinearBackend) -> Iterator[None]:
     """``with linear_backend("torch"): ...`` runs the block with another backend, then restores it."""
-    saved = get_linear_backend()
+    global _backend
+    saved = _backend  # as it was, unread environment included
     set_linear_backend(name)
     try:
         yield
     finally:
-        set_linear_backend(saved)  # type: ignore[arg-type]
+        _backend = saved
+
+
+def _in_transform() -> bool:
+    """Forward-mode AD or a ``torch.func`` transform is active: they need ``F.linear``'s
+    derivative rules, which the oneDNN path does not provide."""
+    if torch.autograd.forward_ad._current_level >= 0:
+        return True
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return level is not None and level() is not None
 
 
 def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     """Whether ``linear(x, weight)`` takes the oneDNN path: a float32 matmul on the CPU
-    outside autocast, under backend "onednn", or under "auto" when it has at least
-    ``ONEDNN_MIN_MACS`` multiply-adds or its weight at least ``ONEDNN_MIN_WEIGHT`` numbers."""
+    outside autocast, forward-mode AD and ``torch.func`` transforms, under backend "onednn",
+    or under "auto" when it has at least ``ONEDNN_MIN_MACS`` multiply-adds or its weight at
+    least ``ONEDNN_MIN_WEIGHT`` numbers."""
     backend = get_linear_backend()
     eligible = (
         _ONEDNN
@@ -119,6 +129,7 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
         and x.numel() > 0
         and weight.numel() > 0
         and not torch.is_autocast_enabled("cpu")
+        and (torch.compiler.is_compiling() or not _in_transform())
     )
     if not eligible:
         return False
@@ -162,9 +173,10 @@ class _OneDNNLinear(torch.autograd.Function):
         return onednn_linear(x, weight, bias)  # (..., M)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: torch's ops, so that the gradient has a gradient
+            return _differentiable_backward(ctx, x, weight, grad_out)
         dy = grad_out.reshape(-1, grad_out.size(-1))  # (N, M)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
@@ -179,6 +191,15 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = dy.sum(0)  # (M,)
         return grad_x, grad_w, grad_b
+
+
+def _differentiable_backward(ctx, x: Tensor, weight: Tensor, grad_out: Tensor):
+    """The same three products as ``_OneDNNLinear.backward``, recorded by autograd (double backward)."""
+    dy = grad_out.reshape(-1, grad_out.size(-1))  # (N, M)
+    grad_x = (dy @ weight).view(x.shape) if ctx.needs_input_grad[0] else None  # (..., K)
+    grad_w = dy.t() @ x.reshape(-1, x.size(-1)) if ctx.needs_input_grad[1] else None  # (M, K)
+    grad_b = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None  # (M,)
+    return grad_x, grad_w, grad_b
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

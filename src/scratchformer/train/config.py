@@ -59,10 +59,11 @@ class TrainConfig(Config):
         precision: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32" or "bf16".
         compile: wrap the model in ``torch.compile``.
         linear_backend: how Linear layers multiply on the CPU: "auto" (oneDNN
-            for float32 when PyTorch has it, about 2x MKL's speed on AMD
-            CPUs), "torch" (``F.linear``) or "onednn"; see
-            ``scratchformer.nn.linear``. Resume with the same backend for
-            bit-identical results.
+            for big enough float32 products when PyTorch has it, much faster
+            than MKL on AMD CPUs), "torch" (``F.linear``) or "onednn"; None:
+            the process's choice (``$SCRATCHFORMER_LINEAR``, else "auto").
+            See ``scratchformer.nn.linear``. config.json records the backend
+            used, so a resumed run keeps it (bit-identical results).
         distributed: under torchrun with several processes: "ddp" or "fsdp".
         eval_every: evaluate every this many steps (0: only at the end).
         eval_split: split evaluated during training (default: the first split
@@ -96,7 +97,7 @@ class TrainConfig(Config):
     threads: int = 0
     precision: Precision = "auto"
     compile: bool = False
-    linear_backend: str = "auto"
+    linear_backend: str | None = None
     distributed: Distributed = "ddp"
     eval_every: int = 500
     eval_split: str | None = None
@@ -129,7 +130,8 @@ class TrainConfig(Config):
             )
         self._choice("precision", ["auto", "fp32", "bf16"])
         self._choice("distributed", ["ddp", "fsdp"])
-        self._choice("linear_backend", ["auto", "torch", "onednn"])
+        if self.linear_backend is not None:
+            self._choice("linear_backend", ["auto", "torch", "onednn"])
         if not isinstance(self.optimizer_options, dict):
             raise ConfigError(f"TrainConfig.optimizer_options must be a table/dict, got {self.optimizer_options!r}")
         from .optim import OPTIMIZERS, SCHEDULES  # late: optim imports torch models

@@ -40,7 +40,7 @@ from .checkpoint import (
     save_state_dict,
     check_state_matches,
 )
-from ..nn.linear import linear, linear_backend
+from ..nn.linear import get_linear_backend, linear, linear_backend
 from .config import RunConfig
 from .data import ResumableSampler, split_global_batch
 from .losses import (
@@ -335,7 +335,8 @@ def train(
             message names the step, and the last checkpoint is left untouched.
     """
     tc = cfg.train
-    with linear_backend(tc.linear_backend):  # for this run only; the caller's choice comes back after
+    # for this run only (None: the process's choice); the caller's choice comes back after
+    with linear_backend(tc.linear_backend or get_linear_backend()):
         info, device = D.init_distributed(tc.device)
         try:
             return _train(cfg, info, device, run_dir, resume)
@@ -368,7 +369,8 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
     raw_model, model_options = build_model(cfg.model, task)
     # through JSON, so it compares equal to the config.json it is saved as (tuples become lists)
     effective = RunConfig.from_dict(json.loads(json.dumps(
-        {**cfg.to_dict(), "model": model_options, "task": {"name": task.name, **task.config.to_dict()}})))
+        {**cfg.to_dict(), "model": model_options, "task": {"name": task.name, **task.config.to_dict()},
+         "train": {**cfg.train.to_dict(), "linear_backend": get_linear_backend()}})))
     train_split = task.split_names[0]
     train_ds = task.dataset(train_split)
     splits = eval_splits(task)
