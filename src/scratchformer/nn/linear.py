@@ -26,7 +26,9 @@ Backends, chosen process-wide with ``set_linear_backend`` (or the
   ``ONEDNN_MIN_WEIGHT`` numbers, when this PyTorch has it, eager or
   under ``torch.compile``; ``F.linear`` for everything else (small
   products, where oneDNN's fixed cost per call dominates; CUDA; float64;
-  bfloat16; autocast).
+  bfloat16; autocast; forward-mode AD and ``torch.func`` transforms). A
+  backward with ``create_graph=True`` runs torch's ops, so double backward
+  works.
 - ``"torch"``: always ``F.linear``.
 - ``"onednn"``: oneDNN for every float32 CPU matmul whatever its size (an
   error if this PyTorch has no oneDNN).
