@@ -340,6 +340,26 @@ def test_training_without_a_linear_backend_uses_the_processs_and_records_it(tmp_
     assert json.loads((tmp_path / "envbackend" / "config.json").read_text())["train"]["linear_backend"] == "torch"
 
 
+def test_the_last_evaluation_is_reused_at_the_end_when_it_saw_the_whole_split(tmp_path, monkeypatch):
+    import scratchformer.train.trainer as trainer_module
+
+    calls = []
+    real = trainer_module.evaluate_split
+
+    def spy(model, task, split, **kwargs):
+        calls.append(split)
+        return real(model, task, split, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate_split", spy)
+    train(tiny_config(tmp_path, "train.steps=2", "train.eval_every=0", "train.eval_max_examples=0", "name=reuse"))
+    records = [json.loads(x) for x in (tmp_path / "reuse" / "metrics.jsonl").read_text().splitlines()]
+    (last,) = [r for r in records if r["event"] == "eval"]
+    finals = {r["split"]: r for r in records if r["event"] == "final"}
+    assert finals[last["split"]] == {**last, "event": "final"}
+    assert calls.count(last["split"]) == 1  # evaluated once, not again at the end
+    assert sorted(calls) == sorted(finals)  # every other split once
+
+
 # ---------------------------------------------------------------------- non-finite loss
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}

@@ -414,6 +414,7 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
     # ---- resume or start
     step = 0
     best: dict[str, Any] | None = None
+    last_eval: dict[str, float] | None = None  # the last step's evaluation, reused at the end if it saw the whole split
     ckpt_path = latest_checkpoint(run_dir) if resume else None
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
@@ -532,6 +533,8 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
             if eval_split is not None and (final or (tc.eval_every and step % tc.eval_every == 0)):
                 metrics = evaluate(eval_split, tc.eval_max_examples)
                 log.write({"event": "eval", "step": step, "split": eval_split, **metrics})
+                if final:
+                    last_eval = metrics
                 value = metrics.get(best_metric)
                 if value is not None and _better(value, best, best_metric):
                     best = {"step": step, "metric": best_metric, "value": value, "split": eval_split}
@@ -549,7 +552,8 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
     # ---- final evaluation on every evaluation split
     results: dict[str, dict[str, float]] = {}
     for split in splits:
-        results[split] = evaluate(split, 0)
+        whole = last_eval is not None and split == eval_split and last_eval["examples"] == len(task.dataset(split))
+        results[split] = last_eval if whole else evaluate(split, 0)  # the last step's evaluation, if it saw it all
         log.write({"event": "final", "step": step, "split": split, **results[split]})
     log.close()
     if info.is_main:
