@@ -15,6 +15,7 @@ from scratchformer.models import GPT, GPTConfig
 from scratchformer.nn import linear as L
 
 needs_onednn = pytest.mark.skipif(not L.onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
+needs_auto_onednn = pytest.mark.skipif(not L._AUTO_ONEDNN, reason='"auto" uses oneDNN on x86-64 only')
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -87,7 +88,7 @@ def test_only_the_gradients_asked_for_are_made(monkeypatch):
     assert _rel(w.grad, torch.ones(6, 5).t() @ x) < 1e-6
 
 
-@needs_onednn
+@needs_auto_onednn
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # from torch.func's internals
 def test_double_backward_jvp_and_torch_func_fall_back_to_torch_rules():
     torch.manual_seed(0)
@@ -112,7 +113,7 @@ def test_double_backward_jvp_and_torch_func_fall_back_to_torch_rules():
     assert _rel(fg, g_ref) < 1e-5
 
 
-@needs_onednn
+@needs_auto_onednn
 def test_auto_sends_only_big_enough_products_to_onednn():
     w = torch.randn(256, 512)  # below ONEDNN_MIN_WEIGHT: the row count decides
     assert w.numel() < L.ONEDNN_MIN_WEIGHT

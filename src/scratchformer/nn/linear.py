@@ -21,8 +21,8 @@ as the backend stays the same.
 Backends, chosen process-wide with ``set_linear_backend`` (or the
 ``SCRATCHFORMER_LINEAR`` environment variable):
 
-- ``"auto"`` (default): oneDNN for float32 matmuls on the CPU of at least
-  ``ONEDNN_MIN_MACS`` multiply-adds or with a weight of at least
+- ``"auto"`` (default): on x86-64, oneDNN for float32 matmuls on the CPU
+  of at least ``ONEDNN_MIN_MACS`` multiply-adds or with a weight of at least
   ``ONEDNN_MIN_WEIGHT`` numbers, when this PyTorch has it, eager or
   under ``torch.compile``; ``F.linear`` for everything else (small
   products, where oneDNN's fixed cost per call dominates; CUDA; float64;
@@ -40,6 +40,7 @@ M out features.
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -60,8 +61,10 @@ ONEDNN_MIN_MACS = 1 << 21
 ONEDNN_MIN_WEIGHT = 1 << 20
 
 
-# oneDNN ships inside PyTorch's CPU builds (torch.compile's CPU backend uses it too)
+# oneDNN ships inside PyTorch's CPU builds (torch.compile's CPU backend uses it too). "auto" uses it
+# on x86-64 only, where it was measured against MKL; elsewhere (e.g. ARM, with other BLAS) ask for it
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_AUTO_ONEDNN = _ONEDNN and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def onednn_available() -> bool:
@@ -135,8 +138,10 @@ def uses_onednn(x: Tensor, weight: Tensor) -> bool:
     )
     if not eligible:
         return False
+    if backend == "onednn":
+        return True
     n = weight.numel()
-    return backend == "onednn" or n >= ONEDNN_MIN_WEIGHT or x.numel() // x.size(-1) * n >= ONEDNN_MIN_MACS
+    return _AUTO_ONEDNN and (n >= ONEDNN_MIN_WEIGHT or x.numel() // x.size(-1) * n >= ONEDNN_MIN_MACS)
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
