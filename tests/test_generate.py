@@ -587,6 +587,13 @@ def test_decode_step_counts_on_onednn_only_without_gradients(monkeypatch):
         model.decode_step(prompt(2, 1), model.new_cache()).sum().backward()  # with gradients: torch's
     assert calls[0] == 0
     assert all(p.grad is not None for p in model.parameters())  # every parameter reached by backward
+    # a step built without gradients (its (in, out) copies made under no_grad), then used with them
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        step = model.fast_decoder()
+        step(prompt(2, 1), model.new_cache())  # its kernels chosen for the no-gradient case first
+    step(prompt(2, 1), model.new_cache()).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_decode_step_refuses_what_it_cannot_reproduce():

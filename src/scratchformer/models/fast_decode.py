@@ -84,15 +84,16 @@ def _lin(linear: nn.Linear | None) -> _Lin | None:
     return _Lin(w, w.t().contiguous() if small else None, linear.bias)
 
 
-def _bind(lin: _Lin | None, onednn: bool) -> Fn | None:
+def _bind(lin: _Lin | None, onednn: bool, grad: bool) -> Fn | None:
     """``lin`` as a function of x (rows, in): oneDNN's matmul, or torch's (on the (in, out)
-    copy when there is one: the same addmm as ``F.linear``, minus a transpose per call)."""
+    copy when there is one and no gradient is wanted: the same addmm as ``F.linear``, minus a
+    transpose per call; the copy is not the parameter, so autograd would not reach it)."""
     if lin is None:
         return None
     w, wt, b = lin.weight, lin.weight_t, lin.bias
     if onednn:
         return lambda x: onednn_linear(x, w, b)
-    if wt is None:
+    if wt is None or grad:
         return lambda x: F.linear(x, w, b)
     return (lambda x: torch.mm(x, wt)) if b is None else (lambda x: torch.addmm(b, x, wt))
 
@@ -271,16 +272,17 @@ class DecodeStep:
         each on oneDNN's kernel or torch's by size (``nn.linear.uses_onednn``) for rows x (B T, C).
         Every layer has the same shapes, so one choice serves all; remembered per row count,
         backend, autocast and grad mode."""
-        grad = torch.is_grad_enabled()  # with gradients on, only torch's kernels (oneDNN's has no autograd)
+        grad = torch.is_grad_enabled()  # with gradients on, F.linear on the parameters themselves
         key = (x.size(0), get_linear_backend(), torch.is_autocast_enabled(x.device.type), grad)
         chosen = self._chosen.get(key)
         if chosen is None:
             first = self.layers[0]
             on = {name: lin is not None and not grad and uses_onednn(x, lin.weight)
                   for name, lin in (("qkv", first.qkv), ("out", first.out), ("up", first.up), ("down", first.down))}
-            plan = [(_bind(l.qkv, on["qkv"]), _bind(l.out, on["out"]), _bind(l.up, on["up"]), _bind(l.gate, on["up"]),
-                     _bind(l.down, on["down"])) for l in self.layers]  # fmt: skip
-            chosen = self._chosen[key] = (plan, _bind(self.head, not grad and uses_onednn(x[:B], self.head.weight)))
+            plan = [(_bind(l.qkv, on["qkv"], grad), _bind(l.out, on["out"], grad), _bind(l.up, on["up"], grad),
+                     _bind(l.gate, on["up"], grad), _bind(l.down, on["down"], grad)) for l in self.layers]  # fmt: skip
+            head_onednn = not grad and uses_onednn(x[:B], self.head.weight)
+            chosen = self._chosen[key] = (plan, _bind(self.head, head_onednn, grad))
         return chosen
 
     def _residual(self, x: Tensor, out: Tensor, norm: Fn) -> Tensor:

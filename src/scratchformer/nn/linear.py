@@ -28,7 +28,11 @@ Backends, chosen process-wide with ``set_linear_backend`` (or the
   products, where oneDNN's fixed cost per call dominates; CUDA; float64;
   bfloat16; autocast; forward-mode AD and ``torch.func`` transforms). A
   backward with ``create_graph=True`` runs torch's ops, so double backward
-  works.
+  works. Not covered: ``torch.compile`` wrapped *around* a ``torch.func``
+  transform of a model on the oneDNN path (the transform cannot be seen
+  while tracing, and ``torch.func.grad`` then gets no gradient through the
+  op); use the "torch" backend there. The other order,
+  ``torch.func.grad(torch.compile(f))``, works.
 - ``"torch"``: always ``F.linear``.
 - ``"onednn"``: oneDNN for every float32 CPU matmul whatever its size (an
   error if this PyTorch has no oneDNN).

@@ -58,9 +58,10 @@ class TrainConfig(Config):
             On a busy machine 1 thread per process is often fastest.
         precision: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32" or "bf16".
         compile: wrap the model in ``torch.compile``.
-        linear_backend: how Linear layers multiply on the CPU: "auto" (oneDNN
-            for big enough float32 products when PyTorch has it, much faster
-            than MKL on AMD CPUs), "torch" (``F.linear``) or "onednn"; None:
+        linear_backend: how Linear layers multiply on the CPU: "auto" (on
+            x86-64, oneDNN for big enough float32 products when PyTorch has
+            it, much faster than MKL on AMD CPUs), "torch" (``F.linear``) or
+            "onednn"; None:
             the process's choice (``$SCRATCHFORMER_LINEAR``, else "auto").
             See ``scratchformer.nn.linear``. config.json records the backend
             used, so a resumed run keeps it (bit-identical results).

@@ -298,8 +298,8 @@ def cpu_bf16_matmul_speedup(n: int = 256, repeats: int = 20) -> float:
     times faster; others emulate it and run it hundreds of times slower. A
     few milliseconds of measuring tells which before a whole run is spent.
     Each side runs the kernel training would: float32 through
-    ``scratchformer.nn.linear`` (oneDNN under the "auto" backend), bf16
-    through ``F.linear`` as autocast calls it.
+    ``scratchformer.nn.linear`` (oneDNN under the "auto" backend on x86-64),
+    bf16 through ``F.linear`` as autocast calls it.
     """
 
     def seconds(dtype: torch.dtype) -> float:
