@@ -375,6 +375,18 @@ def section_scaling(args, data, vocab) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- report
+def variant_tables(section: dict, bold: bool) -> list[str]:
+    """A section's step-time table and its ratio table, as markdown lines (a blank line after each)."""
+    lines = ["| variant | step (ms) | tokens/s |", "|---|---:|---:|"]
+    for name, r in section["rows"].items():
+        lines.append(f"| {name} | {r['median_ms']:.2f} | {r['tokens_per_s']:,.0f} |")
+    lines += ["", "| ratio | speed-up | per-round IQR |", "|---|---:|---:|"]
+    mark = "**" if bold else ""
+    for name, r in section["ratios"].items():
+        lines.append(f"| {name} | {mark}{r['ratio']:.2f}x{mark} | {r['round_q1']:.2f}-{r['round_q3']:.2f} |")
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [
@@ -397,15 +409,8 @@ def markdown(report: dict) -> str:
             "the CPU, see `scratchformer.nn.linear`); the baseline's: `nn.Linear` (`F.linear`, which calls MKL on x86). "
             "Both float32.",
             "",
-            "| variant | step (ms) | tokens/s |",
-            "|---|---:|---:|",
         ]
-        for name, r in s["rows"].items():
-            lines.append(f"| {name} | {r['median_ms']:.2f} | {r['tokens_per_s']:,.0f} |")
-        lines += ["", "| ratio | speed-up | per-round IQR |", "|---|---:|---:|"]
-        for name, r in s["ratios"].items():
-            lines.append(f"| {name} | **{r['ratio']:.2f}x** | {r['round_q1']:.2f}-{r['round_q3']:.2f} |")
-        lines.append("")
+        lines += variant_tables(s, bold=True)
         fresh = report.get("fresh_process_ratios")
         if fresh:
             lines += [
@@ -418,13 +423,7 @@ def markdown(report: dict) -> str:
                        ("optim", "AdamW implementation (scratchformer eager)"), ("dtype", "bfloat16 autocast vs float32 (scratchformer eager)")):
         if key in report:
             s = report[key]
-            lines += [f"**{title}**", "", "| variant | step (ms) | tokens/s |", "|---|---:|---:|"]
-            for name, r in s["rows"].items():
-                lines.append(f"| {name} | {r['median_ms']:.2f} | {r['tokens_per_s']:,.0f} |")
-            lines += ["", "| ratio | speed-up | per-round IQR |", "|---|---:|---:|"]
-            for name, r in s["ratios"].items():
-                lines.append(f"| {name} | {r['ratio']:.2f}x | {r['round_q1']:.2f}-{r['round_q3']:.2f} |")
-            lines.append("")
+            lines += [f"**{title}**", "", *variant_tables(s, bold=False)]
     if "scaling" in report:
         rows = report["scaling"]
         lines += [
