@@ -8,10 +8,12 @@ Two measurements, float32, the CPU's default thread count (or ``--threads``):
   counting the three products (6 N K M flops).
 - **Decoding at the GPT-2 124M shape** (one row): the 48 block matmuls and
   the LM head in sequence, so each weight comes from memory as in a decoding
-  step; GB/s of weights read, ``F.linear`` vs oneDNN.
+  step; GB/s of weights read, ``F.linear`` vs oneDNN vs ``row_linear`` (the
+  one-row kernel batch-1 decoding uses: ``F.embedding_bag`` over an (in, out)
+  copy of each weight, one bag per thread).
 
 Variants alternate round by round; each figure is the median. Ratios are
-oneDNN's speed over torch's.
+speed over ``F.linear``'s.
 
 Run:  PYTHONPATH=src .venv/bin/python benchmarks/bench_linear.py
 Writes benchmarks/out/bench_linear.json and .md.
@@ -34,7 +36,14 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from scratchformer.nn.linear import linear, linear_backend, onednn_available, onednn_linear  # noqa: E402
+from scratchformer.nn.linear import (  # noqa: E402
+    linear,
+    linear_backend,
+    onednn_available,
+    onednn_linear,
+    row_linear,
+    row_linear_parts,
+)
 
 TRAIN_SHAPES = [(768, 128, 384), (768, 128, 128), (768, 128, 512), (768, 512, 128)]  # (N rows, K in, M out)
 GPT2 = dict(C=768, F=3072, layers=12, V=50257)
@@ -85,7 +94,9 @@ def decoding_row(rounds: int) -> dict:
     C, Fw = GPT2["C"], GPT2["F"]
     shapes = [(3 * C, C), (C, C), (Fw, C), (C, Fw)] * GPT2["layers"] + [(GPT2["V"], C)]
     weights = [torch.randn(s) for s in shapes]
+    copies = [w.t().contiguous() for w in weights]  # (in, out), as decoding keeps them for row_linear
     xs = {C: torch.randn(1, C), Fw: torch.randn(1, Fw)}
+    parts = {k: row_linear_parts(k, torch.get_num_threads(), torch.device("cpu")) for k in xs}
     gigabytes = sum(w.numel() for w in weights) * 4 / 1e9
 
     def torch_pass():
@@ -96,9 +107,16 @@ def decoding_row(rounds: int) -> dict:
         for w in weights:
             onednn_linear(xs[w.size(1)], w)
 
-    t = interleave({"torch": torch_pass, "onednn": onednn_pass}, rounds, 5)
-    return {"weights_gb": gigabytes, "torch_ms": 1e3 * t["torch"], "onednn_ms": 1e3 * t["onednn"],
-            "torch_gbs": gigabytes / t["torch"], "onednn_gbs": gigabytes / t["onednn"], "ratio": t["torch"] / t["onednn"]}
+    def row_pass():
+        for wt in copies:
+            row_linear(xs[wt.size(0)], wt, None, *parts[wt.size(0)])
+
+    with torch.inference_mode():
+        t = interleave({"torch": torch_pass, "onednn": onednn_pass, "row": row_pass}, rounds, 5)
+    row = {"weights_gb": gigabytes}
+    for name in t:
+        row |= {f"{name}_ms": 1e3 * t[name], f"{name}_gbs": gigabytes / t[name], f"{name}_ratio": t["torch"] / t[name]}
+    return row
 
 
 def main() -> None:
@@ -124,12 +142,14 @@ def main() -> None:
     lines += [f"| {r['shape']} | {r['torch_gflops']:.0f} | {r['onednn_gflops']:.0f} | **{r['ratio']:.2f}x** |" for r in train]
     lines += [
         "",
-        "| batch-1 decoding matmuls, GPT-2 124M shape | F.linear | oneDNN | oneDNN / F.linear |",
-        "|---|---:|---:|---:|",
-        f"| 48 block matmuls + LM head ({decode['weights_gb']:.2f} GB of weights) | {decode['torch_ms']:.1f} ms "
-        f"({decode['torch_gbs']:.0f} GB/s) | {decode['onednn_ms']:.1f} ms ({decode['onednn_gbs']:.0f} GB/s) "
-        f"| **{decode['ratio']:.2f}x** |",
+        "| batch-1 decoding matmuls, GPT-2 124M shape | kernel | time | weights read | speed / F.linear |",
+        "|---|---|---:|---:|---:|",
     ]
+    for name, label in (("torch", "F.linear"), ("onednn", "oneDNN"), ("row", "row_linear (decoding's)")):
+        lines.append(
+            f"| 48 block matmuls + LM head ({decode['weights_gb']:.2f} GB of weights) | {label} "
+            f"| {decode[name + '_ms']:.1f} ms | {decode[name + '_gbs']:.0f} GB/s | **{decode[name + '_ratio']:.2f}x** |"
+        )
     md = "\n".join(lines) + "\n"
     print(md)
     out = Path(args.out)

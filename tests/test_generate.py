@@ -346,6 +346,25 @@ def test_hf_parity_greedy_and_beam(hf_pair):
     assert torch.equal(generate(ours, ids, max_new_tokens=20, **nothing), _hf_generate(hf, ids, do_sample=False, **nothing, **plain))
 
 
+def test_hf_parity_batch1_greedy_with_wide_weights():
+    """Batch-1 greedy decoding with weights wide enough for row_linear (n_embd 256, and a
+    vocabulary of 600 for a head of 153,600 numbers) gives Hugging Face's tokens."""
+    transformers = pytest.importorskip("transformers")
+    from scratchformer.interop.gpt2 import gpt2_from_hf
+    from scratchformer.nn.linear import ROW_LINEAR_MIN_WEIGHT
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=600, n_positions=64, n_embd=256, n_layer=2, n_head=4)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    ours = gpt2_from_hf(hf).eval()
+    assert ours.lm_head.weight.numel() >= ROW_LINEAR_MIN_WEIGHT
+    for seed in range(3):
+        ids = prompt(1, 6, seed=seed, vocab=600)
+        theirs = _hf_generate(hf, ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0,
+                              attention_mask=torch.ones_like(ids))  # fmt: skip
+        assert torch.equal(generate(ours, ids, max_new_tokens=24), theirs)
+
+
 def test_hf_parity_left_padded_batch_and_processors(hf_pair):
     hf, ours = hf_pair
     ids = prompt(3, 7, vocab=50)
@@ -717,3 +736,59 @@ def test_kv_cache_append_kv_writes_keys_and_values_in_one_buffer():
     keys, values = fused.keys_values()
     assert torch.equal(keys, k_ref[[1, 1]]) and torch.equal(values, v_ref[[1, 1]])
     assert fused.k.data_ptr() == fused.kv[:, 0].data_ptr()  # the views follow the reordered buffer
+
+
+def _wide_gpt() -> GPT:
+    """A GPT whose weights are big enough for row_linear in one-row steps (d_model 256: the
+    q|k|v weight has 196,608 numbers, the out projection 65,536 (torch's addmm))."""
+    return gpt(d_model=256, n_head=4, init_std=0.05)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
+def test_decode_step_one_row_through_row_linear_equals_forward(monkeypatch):
+    """Batch-1 steps take row_linear for big weights (counted), and their logits equal forward's
+    through torch's kernel; a batch of 2 does not take it."""
+    import scratchformer.models.fast_decode as fd
+    from scratchformer.nn.linear import ROW_LINEAR_MIN_WEIGHT, _AUTO_ONEDNN
+
+    if not _AUTO_ONEDNN:
+        pytest.skip('"auto" chooses row_linear on x86-64 only')
+    calls = [0]
+    real = fd.row_linear
+
+    def counted(*args):
+        calls[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(fd, "row_linear", counted)
+    model = _wide_gpt()
+    assert model.decoder.blocks[0].attn.sublayer.in_proj.weight.numel() >= ROW_LINEAR_MIN_WEIGHT
+    _step_vs_forward(model, prompt(1, 5), None)
+    assert calls[0] > 0
+    calls[0] = 0
+    _step_vs_forward(model, prompt(2, 5), None)
+    assert calls[0] == 0
+    with linear_backend("torch"):
+        _step_vs_forward(model, prompt(1, 5), None)
+    assert calls[0] == 0  # "torch" means torch's kernels
+
+
+def test_batch1_generation_with_row_linear_equals_no_cache_and_follows_weight_changes():
+    """Greedy tokens with the cache (row_linear steps) equal the no-cache ones; a weight changed in
+    place, or given new storage, between two calls is seen by the second (the (in, out) copies
+    are remade), and an unchanged weight's copy is reused."""
+    import scratchformer.models.fast_decode as fd
+
+    model = _wide_gpt()
+    ids = prompt(1, 4)
+    assert torch.equal(generate(model, ids, max_new_tokens=12), generate(model, ids, max_new_tokens=12, use_cache=False))
+    w = model.decoder.blocks[0].attn.sublayer.in_proj.weight
+    first = fd._in_out(w)
+    assert fd._in_out(w) is first  # kept while the weight is unchanged
+    with torch.no_grad():
+        w.mul_(-1.5)  # in place: a new version
+    assert torch.equal(fd._in_out(w), w.detach().t())
+    assert torch.equal(generate(model, ids, max_new_tokens=12), generate(model, ids, max_new_tokens=12, use_cache=False))
+    w.data = torch.randn_like(w) * 0.05  # new storage
+    assert torch.equal(fd._in_out(w), w.detach().t())
+    assert torch.equal(generate(model, ids, max_new_tokens=12), generate(model, ids, max_new_tokens=12, use_cache=False))

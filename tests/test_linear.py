@@ -216,3 +216,41 @@ def test_train_config_rejects_an_unknown_linear_backend():
 
     with pytest.raises(ConfigError, match="linear_backend"):
         TrainConfig(linear_backend="mkl")
+
+
+# ---------------------------------------------------------------- row_linear (one-row products in decoding)
+@pytest.mark.parametrize("k, m", [(24, 40), (7, 300), (513, 129)])
+@pytest.mark.parametrize("parts", [1, 2, 3, 64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_row_linear_is_f_linear(k, m, parts, bias):
+    """x @ W.T + b for one row, from the (in, out) copy cut into any number of bags
+    (more bags than rows included), to 1e-5 relative."""
+    torch.manual_seed(k + m + parts)
+    x, w = torch.randn(1, k), torch.randn(m, k)
+    b = torch.randn(m) if bias else None
+    ids, offsets = L.row_linear_parts(k, parts, x.device)
+    assert offsets.numel() == min(parts, k) and offsets[0] == 0 and bool((offsets.diff() > 0).all())
+    got = L.row_linear(x, w.t().contiguous(), b, ids, offsets)
+    assert got.shape == (1, m)
+    assert _rel(got, F.linear(x, w, b)) <= 1e-5
+    x64, w64 = x.double(), w.double()
+    assert _rel(got.double(), F.linear(x64, w64, None if b is None else b.double())) <= 1e-5
+
+
+@needs_auto_onednn
+def test_uses_row_linear_only_for_one_row_without_gradients_under_auto():
+    big = torch.randn(L.ROW_LINEAR_MIN_WEIGHT // 256, 256)
+    small = torch.randn(L.ROW_LINEAR_MIN_WEIGHT // 256 - 1, 256)
+    one = torch.randn(1, 256)
+    with torch.no_grad():
+        assert L.uses_row_linear(one, big)
+        assert not L.uses_row_linear(one, small)  # torch's addmm is faster there
+        assert not L.uses_row_linear(torch.randn(2, 256), big)  # two rows: a matmul
+        assert not L.uses_row_linear(one.double(), big.double())
+        with L.linear_backend("onednn"):
+            assert not L.uses_row_linear(one, big)  # asked for oneDNN by name
+        with L.linear_backend("torch"):
+            assert not L.uses_row_linear(one, big)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not L.uses_row_linear(one, big)
+    assert not L.uses_row_linear(one, big)  # gradients on: autograd needs F.linear

@@ -43,11 +43,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..nn.attention import MultiHeadAttention, apply_rotary, attention
 from ..nn.blocks import Block
 from ..nn.feedforward import ACTIVATIONS, FeedForward
-from ..nn.linear import ONEDNN_MIN_WEIGHT, get_linear_backend, onednn_linear, uses_onednn
+from ..nn.linear import (
+    ONEDNN_MIN_WEIGHT,
+    get_linear_backend,
+    onednn_linear,
+    row_linear,
+    row_linear_parts,
+    uses_onednn,
+    uses_row_linear,
+)
 from ..nn.masks import attention_mask_for
 from ..nn.norm import LayerNorm
 from ..nn.positional import LearnedPositions, PositionalEncoding
@@ -68,34 +77,63 @@ def _norm_fn(norm: nn.Module) -> Fn:
 
 @dataclass(frozen=True)
 class _Lin:
-    """One Linear's parameters: the module's own tensors, plus an (in, out) copy of a weight
-    small enough that a one-row product stays on torch's kernel, which reads that layout faster."""
+    """One Linear's parameters, the module's own tensors."""
 
     weight: Tensor  # (out, in)
-    weight_t: Tensor | None  # (in, out) copy, or None
     bias: Tensor | None
 
 
 def _lin(linear: nn.Linear | None) -> _Lin | None:
-    if linear is None:
-        return None
-    w = linear.weight
-    small = w.device.type == "cpu" and w.numel() < ONEDNN_MIN_WEIGHT  # a one-row product stays on torch's kernel
-    return _Lin(w, w.t().contiguous() if small else None, linear.bias)
+    return None if linear is None else _Lin(linear.weight, linear.bias)
 
 
-def _bind(lin: _Lin | None, onednn: bool, grad: bool) -> Fn | None:
-    """``lin`` as a function of x (rows, in): oneDNN's matmul, or torch's (on the (in, out)
-    copy when there is one and no gradient is wanted: the same addmm as ``F.linear``, minus a
-    transpose per call; the copy is not the parameter, so autograd would not reach it)."""
+# (in, out) copies of weights, for one-row products (row_linear, or torch's addmm on a small weight), kept
+# while the weight is unchanged: copying every weight of a 124M model takes about 0.3 s, longer than a
+# few decoding steps. A copy goes with its weight (weak keys) and is remade when the weight was changed
+# in place (its version counter) or given new storage
+_COPIES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _in_out(weight: Tensor) -> Tensor:
+    """``weight.T``, contiguous: the (in, out) copy of an (out, in) weight, made once per weight version."""
+    if weight.is_inference():  # no version counter to tell whether it changed: copy every time
+        return weight.detach().t().contiguous()
+    stamp = (weight.data_ptr(), weight._version)
+    kept = _COPIES.get(weight)
+    if kept is None or kept[0] != stamp:
+        kept = _COPIES[weight] = (stamp, weight.detach().t().contiguous())
+    return kept[1]
+
+
+def _bind(lin: _Lin | None, kind: str, parts: int = 1) -> Fn | None:
+    """``lin`` as a function of x (rows, in), by ``kind``: "onednn" (oneDNN's matmul on the
+    weight as it is), "row" (``row_linear`` on the (in, out) copy; one row), "copy" (torch's
+    addmm on the (in, out) copy: ``F.linear``'s kernel minus a transpose per call) or
+    "torch" (``F.linear`` on the parameters, which autograd can differentiate)."""
     if lin is None:
         return None
-    w, wt, b = lin.weight, lin.weight_t, lin.bias
-    if onednn:
+    w, b = lin.weight, lin.bias
+    if kind == "onednn":
         return lambda x: onednn_linear(x, w, b)
-    if wt is None or grad:
+    if kind == "torch":
         return lambda x: F.linear(x, w, b)
+    wt = _in_out(w)
+    if kind == "row":
+        ids, offsets = row_linear_parts(wt.size(0), parts, wt.device)
+        return lambda x: row_linear(x, wt, b, ids, offsets)
     return (lambda x: torch.mm(x, wt)) if b is None else (lambda x: torch.addmm(b, x, wt))
+
+
+def _kind(x: Tensor, lin: _Lin | None, grad: bool) -> str:
+    """The kernel for rows x by ``lin``'s weight (see ``_bind``)."""
+    if lin is None or grad:
+        return "torch"
+    w = lin.weight
+    if uses_row_linear(x, w):
+        return "row"
+    if uses_onednn(x, w):
+        return "onednn"
+    return "copy" if w.device.type == "cpu" and w.numel() < ONEDNN_MIN_WEIGHT else "torch"
 
 
 @dataclass(frozen=True)
@@ -128,14 +166,19 @@ class DecodeStep:
     logits after the last token, as ``forward(token_ids, cache=cache)[:, -1]``.
     T is 1 for a decoding step, or the prompt's length for the first call.
 
-    Build it once per decoding run, after the weights are final: it holds
-    the model's own tensors for the big weights (their matmuls go to oneDNN,
-    which reads them as they are) and (in, out) copies of the small ones
-    (fewer than ``nn.linear.ONEDNN_MIN_WEIGHT`` elements, about 1.05x tokens/s
-    for the small model with torch's kernel), so later changes to the
-    parameters may not show through. With gradients enabled (``decode_step``
-    outside ``torch.no_grad``) every matmul takes torch's kernel, which
-    autograd can differentiate.
+    Build it once per decoding run, after the weights are final. Each matmul
+    is bound, at the first call with a given row count, to the kernel that
+    reads its weight fastest here: one row (batch-1 decoding) by a weight of
+    at least ``nn.linear.ROW_LINEAR_MIN_WEIGHT`` numbers goes to
+    ``nn.linear.row_linear``; more rows by a big weight to oneDNN, on the
+    module's own tensor; a smaller weight to torch's addmm (about 1.05x
+    tokens/s for the small model). The first and last of these read an
+    (in, out) copy of the weight, made at binding and kept, per weight, until
+    the weight changes (so a 124M model holds its weights twice while it
+    decodes one row at a time); a change to the parameters after binding
+    may therefore not show through. With gradients enabled (``decode_step``
+    outside ``torch.no_grad``) every matmul takes ``F.linear`` on the
+    parameters, which autograd can differentiate.
     ``DecodeStep.supports(model)`` is None when the model's configuration is
     covered, else the reason it is not; the constructor raises that reason.
     """
@@ -269,20 +312,22 @@ class DecodeStep:
 
     def _matmuls(self, x: Tensor, B: int) -> tuple[list[tuple[Fn | None, ...]], Fn]:
         """Each layer's matmuls (q|k|v, out, up, gate, down) and the head's, bound to their weights,
-        each on oneDNN's kernel or torch's by size (``nn.linear.uses_onednn``) for rows x (B T, C).
-        Every layer has the same shapes, so one choice serves all; remembered per row count,
-        backend, autocast and grad mode."""
+        each on the kernel ``_kind`` picks for rows x (B T, C) and the weight's size. Every layer has
+        the same shapes, so one choice serves all; remembered per row count, backend, autocast,
+        grad mode and thread count."""
         grad = torch.is_grad_enabled()  # with gradients on, F.linear on the parameters themselves
-        key = (x.size(0), get_linear_backend(), torch.is_autocast_enabled(x.device.type), grad)
+        threads = torch.get_num_threads()  # row_linear cuts each weight into one part per thread
+        key = (x.size(0), get_linear_backend(), torch.is_autocast_enabled(x.device.type), grad, threads)
         chosen = self._chosen.get(key)
         if chosen is None:
             first = self.layers[0]
-            on = {name: lin is not None and not grad and uses_onednn(x, lin.weight)
-                  for name, lin in (("qkv", first.qkv), ("out", first.out), ("up", first.up), ("down", first.down))}
-            plan = [(_bind(l.qkv, on["qkv"], grad), _bind(l.out, on["out"], grad), _bind(l.up, on["up"], grad),
-                     _bind(l.gate, on["up"], grad), _bind(l.down, on["down"], grad)) for l in self.layers]  # fmt: skip
-            head_onednn = not grad and uses_onednn(x[:B], self.head.weight)
-            chosen = self._chosen[key] = (plan, _bind(self.head, head_onednn, grad))
+            kind = {name: _kind(x, lin, grad)
+                    for name, lin in (("qkv", first.qkv), ("out", first.out), ("up", first.up), ("down", first.down))}
+            plan = [tuple(_bind(lin, kind[name], threads) for lin, name in
+                          ((l.qkv, "qkv"), (l.out, "out"), (l.up, "up"), (l.gate, "up"), (l.down, "down")))
+                    for l in self.layers]  # fmt: skip
+            head = _bind(self.head, _kind(x[:B], self.head, grad), threads)
+            chosen = self._chosen[key] = (plan, head)
         return chosen
 
     def _residual(self, x: Tensor, out: Tensor, norm: Fn) -> Tensor:

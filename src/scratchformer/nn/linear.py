@@ -37,6 +37,15 @@ Backends, chosen process-wide with ``set_linear_backend`` (or the
 - ``"onednn"``: oneDNN for every float32 CPU matmul whatever its size (an
   error if this PyTorch has no oneDNN).
 
+One more kernel serves batch-1 decoding, where a step multiplies one row by
+every weight and the time is that of reading the weights from memory:
+``row_linear`` computes ``x @ W.T`` for a single row as the weighted sum of the
+rows of W.T, an (in, out) copy, which ``F.embedding_bag`` (FBGEMM's kernel)
+reads in one pass, split between the threads. It reads weights about 1.3x as
+fast as oneDNN's one-row product here (``benchmarks/bench_linear.py``).
+``uses_row_linear`` says when "auto" takes it; ``DecodeStep`` (decoding)
+is its user, since it needs the copy.
+
 Legend: N rows (every leading dimension of x flattened), K in features,
 M out features.
 """
@@ -63,6 +72,9 @@ ENV_VAR = "SCRATCHFORMER_LINEAR"
 # or more even for one row, which it reads from memory faster (decoding)
 ONEDNN_MIN_MACS = 1 << 21
 ONEDNN_MIN_WEIGHT = 1 << 20
+# a one-row product by row_linear costs about 3 us more per call than torch's addmm; from weights of
+# about 128K numbers on it reads them faster (a (128, 384) weight: 7 vs 4 us; (256, 768): 10 vs 11 us)
+ROW_LINEAR_MIN_WEIGHT = 1 << 17
 
 
 # oneDNN ships inside PyTorch's CPU builds (torch.compile's CPU backend uses it too). "auto" uses it
@@ -172,6 +184,48 @@ def matmul_for(x: Tensor, weight: Tensor) -> Callable[..., Tensor]:
     """The kernel ``linear`` would use for these operands, without autograd:
     ``onednn_linear`` or ``F.linear`` (both called as ``fn(x, weight, bias)``)."""
     return onednn_linear if uses_onednn(x, weight) else F.linear
+
+
+def uses_row_linear(x: Tensor, weight: Tensor) -> bool:
+    """Whether a one-row product x (1, K) by ``weight`` (M, K), without gradients, reads
+    the weight faster through ``row_linear`` (on its (K, M) copy): under backend "auto" on
+    x86-64, a float32 CPU product outside autocast with at least ``ROW_LINEAR_MIN_WEIGHT``
+    numbers in the weight."""
+    return (
+        _AUTO_ONEDNN
+        and get_linear_backend() == "auto"
+        and x.dim() == 2
+        and x.size(0) == 1
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and weight.numel() >= ROW_LINEAR_MIN_WEIGHT
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def row_linear_parts(k: int, parts: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The ids 0..K-1 of a weight's rows and the offsets that cut them into ``parts`` bags
+    (one per thread) of nearly equal size, for ``row_linear``. -> (K,), (parts,) int64."""
+    parts = max(1, min(parts, k))
+    ids = torch.arange(k, device=device)
+    offsets = torch.div(torch.arange(parts, device=device) * k, parts, rounding_mode="floor")
+    return ids, offsets
+
+
+def row_linear(x: Tensor, weight_t: Tensor, bias: Tensor | None, ids: Tensor, offsets: Tensor) -> Tensor:
+    """x @ weight_t + bias for a single row, no autograd. x: (1, K); weight_t: (K, M),
+    contiguous (the transpose of a Linear's weight); ``ids``, ``offsets`` from
+    ``row_linear_parts(K, ...)``. Returns (1, M).
+
+    x @ weight_t is the sum over k of x[k] * weight_t[k], a weighted sum of rows: what
+    ``F.embedding_bag`` computes (mode "sum" with per-sample weights), streaming each
+    row once. Cut into bags that the threads take in parallel, it gives one partial sum
+    per bag, (parts, M), which are then added (float32 throughout)."""
+    partial = F.embedding_bag(ids, weight_t, offsets, mode="sum", per_sample_weights=x[0])  # (parts, M)
+    y = partial if partial.size(0) == 1 else partial.sum(0, keepdim=True)  # (1, M)
+    return y if bias is None else y.add_(bias)
 
 
 class _OneDNNLinear(torch.autograd.Function):
