@@ -7,6 +7,7 @@ Hugging Face's own ``generate`` and logits processors, or a rule written out.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections import Counter
 
@@ -792,3 +793,10 @@ def test_batch1_generation_with_row_linear_equals_no_cache_and_follows_weight_ch
     w.data = torch.randn_like(w) * 0.05  # new storage
     assert torch.equal(fd._in_out(w), w.detach().t())
     assert torch.equal(generate(model, ids, max_new_tokens=12), generate(model, ids, max_new_tokens=12, use_cache=False))
+    assert w in fd._COPIES
+    fd.release_weight_copies()
+    assert len(fd._COPIES) == 0
+    del model, w
+    generate(_wide_gpt(), ids, max_new_tokens=2)
+    gc.collect()
+    assert len(fd._COPIES) == 0  # the copies went with the model

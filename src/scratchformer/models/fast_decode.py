@@ -105,6 +105,13 @@ def _in_out(weight: Tensor) -> Tensor:
     return kept[1]
 
 
+def release_weight_copies() -> None:
+    """Free the (in, out) weight copies kept for decoding (of every model); the next
+    decoding call makes the ones it needs again. They are otherwise freed with their
+    weights, or replaced when a weight changes."""
+    _COPIES.clear()
+
+
 def _bind(lin: _Lin | None, kind: str, parts: int = 1) -> Fn | None:
     """``lin`` as a function of x (rows, in), by ``kind``: "onednn" (oneDNN's matmul on the
     weight as it is), "row" (``row_linear`` on the (in, out) copy; one row), "copy" (torch's
@@ -336,4 +343,4 @@ class DecodeStep:
         return y if self.norm_first else norm(y)
 
 
-__all__ = ["DecodeStep"]
+__all__ = ["DecodeStep", "release_weight_copies"]
