@@ -774,25 +774,40 @@ def test_decode_step_one_row_through_row_linear_equals_forward(monkeypatch):
     assert calls[0] == 0  # "torch" means torch's kernels
 
 
-def test_batch1_generation_with_row_linear_equals_no_cache_and_follows_weight_changes():
-    """Greedy tokens with the cache (row_linear steps) equal the no-cache ones; a weight changed in
-    place, or given new storage, between two calls is seen by the second (the (in, out) copies
-    are remade), and an unchanged weight's copy is reused."""
+def test_batch1_generation_with_row_linear_equals_no_cache_and_sees_weight_changes():
+    """Greedy tokens with the cache (row_linear steps on kept (in, out) copies) equal the no-cache
+    ones after every kind of weight change a copy must notice: in place (version counter), new
+    storage (twice, so the allocator may hand back the first address), a fused optimizer's step
+    (which bumps no version counter); an unchanged weight's copy is reused."""
     import scratchformer.models.fast_decode as fd
 
     model = _wide_gpt()
     ids = prompt(1, 4)
-    assert torch.equal(generate(model, ids, max_new_tokens=12), generate(model, ids, max_new_tokens=12, use_cache=False))
+
+    def cached_equals_uncached():
+        return torch.equal(generate(model, ids, max_new_tokens=12), generate(model, ids, max_new_tokens=12, use_cache=False))
+
+    assert cached_equals_uncached()
     w = model.decoder.blocks[0].attn.sublayer.in_proj.weight
     first = fd._in_out(w)
     assert fd._in_out(w) is first  # kept while the weight is unchanged
     with torch.no_grad():
         w.mul_(-1.5)  # in place: a new version
     assert torch.equal(fd._in_out(w), w.detach().t())
-    assert torch.equal(generate(model, ids, max_new_tokens=12), generate(model, ids, max_new_tokens=12, use_cache=False))
-    w.data = torch.randn_like(w) * 0.05  # new storage
-    assert torch.equal(fd._in_out(w), w.detach().t())
-    assert torch.equal(generate(model, ids, max_new_tokens=12), generate(model, ids, max_new_tokens=12, use_cache=False))
+    assert cached_equals_uncached()
+    for _ in range(5):
+        w.data = torch.randn_like(w) * 0.05  # new storage, same version
+        w.data = torch.randn_like(w) * 0.05
+        assert cached_equals_uncached()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    version = w._version
+    model.train()
+    data = prompt(4, 16, seed=2)
+    model.loss(data, data).backward()
+    opt.step()
+    model.eval()
+    assert w._version == version and w not in fd._COPIES  # no version bump, but the step dropped the copy
+    assert cached_equals_uncached()
     assert w in fd._COPIES
     fd.release_weight_copies()
     assert len(fd._COPIES) == 0

@@ -6,11 +6,13 @@ Why it exists: decoding one token with a small model is about a hundred tiny
 kernels, and in eager PyTorch the Python around them (about fifty
 ``nn.Module`` calls, ``split``/``view``/``transpose`` chains, masks, position
 tensors, an id check that reads the ids back) costs more than the kernels.
-``DecodeStep`` reads the weights once, when it is built, and then runs each
-step as a flat sequence of the same kernels ``forward`` uses (``F.embedding``,
-``F.layer_norm``, the matmul ``nn.linear`` picks for each product's size:
-oneDNN's or ``F.linear``'s, ``F.scaled_dot_product_attention``), writing
-into the same ``ModelCache``.
+``DecodeStep`` looks the modules up once, when it is built, binds each
+matmul to a kernel at the first call with a given row count, and then runs
+each step as a flat sequence of kernels (``F.embedding``, ``F.layer_norm``,
+``F.scaled_dot_product_attention``, and for each matmul the one that reads
+its weight fastest: ``nn.linear.row_linear`` for one row by a big weight,
+oneDNN for more rows, torch's addmm for a small weight; see ``_kind``),
+writing into the same ``ModelCache`` as ``forward``.
 So a prompt can be run with ``forward`` and continued with ``DecodeStep``,
 and the logits agree with ``forward``'s to float rounding (tested to 1e-5 of their scale for
 every cacheable positional encoding, both norm placements, every activation
@@ -37,12 +39,14 @@ V vocabulary.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..nn.attention import MultiHeadAttention, apply_rotary, attention
@@ -88,27 +92,46 @@ def _lin(linear: nn.Linear | None) -> _Lin | None:
 
 
 # (in, out) copies of weights, for one-row products (row_linear, or torch's addmm on a small weight), kept
-# while the weight is unchanged: copying every weight of a 124M model takes about 0.3 s, longer than a
-# few decoding steps. A copy goes with its weight (weak keys) and is remade when the weight was changed
-# in place (its version counter) or given new storage
-_COPIES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# from one decoding call to the next: copying every weight of a 124M model takes about 0.3 s, as long as
+# twenty decoding steps. A copy is used only while its weight is unchanged: the same storage (held by a
+# weak reference, so a freed storage whose address is reused does not match) at the same offset, the same
+# version counter (bumped by every in-place op), and no optimizer step since (fused optimizers update
+# parameters without bumping it; a hook drops the copies of the parameters an optimizer steps). Writes
+# through ``.data`` bypass all of these: call ``release_weight_copies()`` after them. A copy goes with its
+# weight (weak keys)
+_COPIES: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (storage ref, offset, version, copy)
+_optimizer_hook = None
+
+
+def _forget_stepped(optimizer, args, kwargs) -> None:
+    """After any optimizer's step: drop the copies of the parameters it may have changed."""
+    if _COPIES:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                _COPIES.pop(p, None)
 
 
 def _in_out(weight: Tensor) -> Tensor:
-    """``weight.T``, contiguous: the (in, out) copy of an (out, in) weight, made once per weight version."""
+    """``weight.T``, contiguous: the (in, out) copy of an (out, in) weight, kept while the weight is unchanged."""
+    global _optimizer_hook
     if weight.is_inference():  # no version counter to tell whether it changed: copy every time
         return weight.detach().t().contiguous()
-    stamp = (weight.data_ptr(), weight._version)
+    storage, offset, version = weight.untyped_storage(), weight.storage_offset(), weight._version
     kept = _COPIES.get(weight)
-    if kept is None or kept[0] != stamp:
-        kept = _COPIES[weight] = (stamp, weight.detach().t().contiguous())
-    return kept[1]
+    if kept is not None and kept[0]() is storage and kept[1] == offset and kept[2] == version:
+        return kept[3]
+    if _optimizer_hook is None:
+        _optimizer_hook = register_optimizer_step_post_hook(_forget_stepped)
+    copy = weight.detach().t().contiguous()
+    _COPIES[weight] = (weakref.ref(storage), offset, version, copy)
+    return copy
 
 
 def release_weight_copies() -> None:
     """Free the (in, out) weight copies kept for decoding (of every model); the next
-    decoding call makes the ones it needs again. They are otherwise freed with their
-    weights, or replaced when a weight changes."""
+    decoding call makes the ones it needs again. Needed only after writing to weights
+    through ``.data``, or to return the memory while a model stays alive; the copies
+    are otherwise freed with their weights, and dropped by any optimizer step."""
     _COPIES.clear()
 
 
@@ -180,12 +203,14 @@ class DecodeStep:
     ``nn.linear.row_linear``; more rows by a big weight to oneDNN, on the
     module's own tensor; a smaller weight to torch's addmm (about 1.05x
     tokens/s for the small model). The first and last of these read an
-    (in, out) copy of the weight, made at binding and kept, per weight, until
-    the weight changes (so a 124M model holds its weights twice while it
-    decodes one row at a time); a change to the parameters after binding
-    may therefore not show through. With gradients enabled (``decode_step``
-    outside ``torch.no_grad``) every matmul takes ``F.linear`` on the
-    parameters, which autograd can differentiate.
+    (in, out) copy of the weight, taken at binding, so a change to the
+    parameters after binding may not show through. The copies are kept for
+    later decoding runs while their weights stay unchanged (see ``_COPIES``),
+    so a model that has decoded one row at a time holds its big weights
+    twice until it is freed, an optimizer steps it, or
+    ``release_weight_copies()`` is called. With gradients enabled
+    (``decode_step`` outside ``torch.no_grad``) every matmul takes
+    ``F.linear`` on the parameters, which autograd can differentiate.
     ``DecodeStep.supports(model)`` is None when the model's configuration is
     covered, else the reason it is not; the constructor raises that reason.
     """

@@ -207,7 +207,8 @@ def uses_row_linear(x: Tensor, weight: Tensor) -> bool:
 
 def row_linear_parts(k: int, parts: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """The ids 0..K-1 of a weight's rows and the offsets that cut them into ``parts`` bags
-    (one per thread) of nearly equal size, for ``row_linear``. -> (K,), (parts,) int64."""
+    (one per thread) of nearly equal size, for ``row_linear``: (K,) and (P,) int64, where
+    P = min(parts, K), at least 1."""
     parts = max(1, min(parts, k))
     ids = torch.arange(k, device=device)
     offsets = torch.div(torch.arange(parts, device=device) * k, parts, rounding_mode="floor")
@@ -222,7 +223,8 @@ def row_linear(x: Tensor, weight_t: Tensor, bias: Tensor | None, ids: Tensor, of
     x @ weight_t is the sum over k of x[k] * weight_t[k], a weighted sum of rows: what
     ``F.embedding_bag`` computes (mode "sum" with per-sample weights), streaming each
     row once. Cut into bags that the threads take in parallel, it gives one partial sum
-    per bag, (parts, M), which are then added (float32 throughout)."""
+    per bag, (P, M), which are then added, all in x's dtype (float32 where
+    ``uses_row_linear`` chooses this kernel)."""
     partial = F.embedding_bag(ids, weight_t, offsets, mode="sum", per_sample_weights=x[0])  # (parts, M)
     y = partial if partial.size(0) == 1 else partial.sum(0, keepdim=True)  # (1, M)
     return y if bias is None else y.add_(bias)
