@@ -586,18 +586,23 @@ def test_decode_step_through_onednn_equals_forward(positional, activation):
         assert (got - expected).abs().max() <= 1e-5 * expected.abs().max().clamp(min=1.0)
 
 
-@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
-def test_decode_step_counts_on_onednn_only_without_gradients(monkeypatch):
-    import scratchformer.models.fast_decode as fd
-
-    calls = [0]
-    real = fd.onednn_linear
+def _count_calls(monkeypatch, module, name: str) -> list[int]:
+    """Replace ``module.name`` by a wrapper that counts its calls in the returned [count]."""
+    calls, real = [0], getattr(module, name)
 
     def counted(*args):
         calls[0] += 1
         return real(*args)
 
-    monkeypatch.setattr(fd, "onednn_linear", counted)
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
+def test_decode_step_counts_on_onednn_only_without_gradients(monkeypatch):
+    import scratchformer.models.fast_decode as fd
+
+    calls = _count_calls(monkeypatch, fd, "onednn_linear")
     model = gpt()
     with linear_backend("onednn"):
         with torch.no_grad():
@@ -754,14 +759,7 @@ def test_decode_step_one_row_through_row_linear_equals_forward(monkeypatch):
 
     if not _AUTO_ONEDNN:
         pytest.skip('"auto" chooses row_linear on x86-64 only')
-    calls = [0]
-    real = fd.row_linear
-
-    def counted(*args):
-        calls[0] += 1
-        return real(*args)
-
-    monkeypatch.setattr(fd, "row_linear", counted)
+    calls = _count_calls(monkeypatch, fd, "row_linear")
     model = _wide_gpt()
     assert model.decoder.blocks[0].attn.sublayer.in_proj.weight.numel() >= ROW_LINEAR_MIN_WEIGHT
     _step_vs_forward(model, prompt(1, 5), None)
