@@ -94,12 +94,13 @@ def _lin(linear: nn.Linear | None) -> _Lin | None:
 # (in, out) copies of weights, for one-row products (row_linear, or torch's addmm on a small weight), kept
 # from one decoding call to the next: copying every weight of a 124M model takes about 0.3 s, as long as
 # twenty decoding steps. A copy is used only while its weight is unchanged: the same storage (held by a
-# weak reference, so a freed storage whose address is reused does not match) at the same offset, the same
-# version counter (bumped by every in-place op), and no optimizer step since (fused optimizers update
-# parameters without bumping it; a hook drops the copies of the parameters an optimizer steps). Writes
-# through ``.data`` bypass all of these: call ``release_weight_copies()`` after them. A copy goes with its
-# weight (weak keys)
-_COPIES: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (storage ref, offset, version, copy)
+# weak reference, so a freed storage whose address is reused does not match), offset and strides, the
+# same version counter (bumped by every in-place op), and no optimizer step since (fused optimizers update
+# parameters without bumping it; a hook drops the copies of the parameters an optimizer steps). Not seen:
+# in-place writes that bypass the version counter outside an optimizer's step (through ``.data``, or a
+# numpy or DLPack alias; a functional fused update such as torch.optim.adamw.adamw(..., fused=True)):
+# call ``release_weight_copies()`` after them. A copy goes with its weight (weak keys)
+_COPIES: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (stamp, storage ref, copy)
 _optimizer_hook = None
 
 
@@ -108,7 +109,8 @@ def _forget_stepped(optimizer, args, kwargs) -> None:
     if _COPIES:
         for group in optimizer.param_groups:
             for p in group["params"]:
-                _COPIES.pop(p, None)
+                if isinstance(p, Tensor):
+                    _COPIES.pop(p, None)
 
 
 def _in_out(weight: Tensor) -> Tensor:
@@ -116,22 +118,27 @@ def _in_out(weight: Tensor) -> Tensor:
     global _optimizer_hook
     if weight.is_inference():  # no version counter to tell whether it changed: copy every time
         return weight.detach().t().contiguous()
-    storage, offset, version = weight.untyped_storage(), weight.storage_offset(), weight._version
+    storage = weight.untyped_storage()
+    stamp = (weight.storage_offset(), weight.stride(), weight._version)
     kept = _COPIES.get(weight)
-    if kept is not None and kept[0]() is storage and kept[1] == offset and kept[2] == version:
-        return kept[3]
+    if kept is not None and kept[0] == stamp and kept[1]() is storage:
+        return kept[2]
     if _optimizer_hook is None:
         _optimizer_hook = register_optimizer_step_post_hook(_forget_stepped)
     copy = weight.detach().t().contiguous()
-    _COPIES[weight] = (weakref.ref(storage), offset, version, copy)
+    _COPIES[weight] = (stamp, weakref.ref(storage), copy)
     return copy
 
 
 def release_weight_copies() -> None:
     """Free the (in, out) weight copies kept for decoding (of every model); the next
-    decoding call makes the ones it needs again. Needed only after writing to weights
-    through ``.data``, or to return the memory while a model stays alive; the copies
-    are otherwise freed with their weights, and dropped by any optimizer step."""
+    decoding call makes the ones it needs again. Call it after in-place writes to
+    weights that bypass the version counter outside an optimizer's step (through
+    ``.data``, a numpy or DLPack alias, a functional fused optimizer update), to
+    return the memory while a model stays alive, or before
+    ``torch.utils.swap_tensors`` on a weight (which refuses tensors with weak
+    references). The copies are otherwise freed with their weights, and dropped
+    by any optimizer step."""
     _COPIES.clear()
 
 
