@@ -621,6 +621,24 @@ def test_decode_step_counts_on_onednn_only_without_gradients(monkeypatch):
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])
+def test_one_token_loop_is_taken_for_plain_steps_and_equals_forward(monkeypatch, positional):
+    """The branch-free layer loop (``DecodeStep._one_token``) runs for one-token steps of plain
+    blocks without padding, and those steps equal forward's; swiglu, post-norm, rotary
+    positions and padded batches take the general loop."""
+    from scratchformer.models.fast_decode import DecodeStep
+
+    calls = _count_calls(monkeypatch, DecodeStep, "_one_token")
+    _step_vs_forward(gpt(positional), prompt(2, 5), None)
+    assert calls[0] > 0
+    calls[0] = 0
+    for model in (gpt(positional, activation="swiglu"), gpt(positional, norm_first=False), gpt("rope")):
+        _step_vs_forward(model, prompt(2, 5), None)
+    model = gpt(positional)
+    _step_vs_forward(model, *_padded_batch(model))
+    assert calls[0] == 0
+
+
 def test_decode_step_refuses_what_it_cannot_reproduce():
     from scratchformer.models.fast_decode import DecodeStep
 
