@@ -621,6 +621,29 @@ def test_decode_step_counts_on_onednn_only_without_gradients(monkeypatch):
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("positional", CACHEABLE)
+@pytest.mark.parametrize("stepper", ["decode_step", "forward"])
+def test_gradients_through_cached_steps_equal_the_no_cache_gradients(positional, stepper):
+    """A prompt through forward with the cache, then three one-token steps, all with autograd on:
+    the gradients of a loss on the four last-position logits equal those of one no-cache forward
+    (the cache extends out of place while autograd records, so nothing saved is overwritten)."""
+    model, ids = gpt(positional), prompt(2, 7)
+    params = [p for p in model.parameters()]
+
+    def loss_of(logits):  # (B, 4, V) -> a scalar that depends on every logit
+        return (logits.logsumexp(-1) * torch.arange(1.0, 5.0)).sum()
+
+    expected = torch.autograd.grad(loss_of(model(ids)[:, 3:]), params)
+    cache = model.new_cache(capacity=7)
+    logits = [model(ids[:, :4], cache=cache)[:, -1]]
+    for t in range(4, 7):
+        tok = ids[:, t : t + 1]
+        logits.append(model.decode_step(tok, cache) if stepper == "decode_step" else model(tok, cache=cache)[:, -1])
+    got = torch.autograd.grad(loss_of(torch.stack(logits, 1)), params)
+    for g, e in zip(got, expected):
+        assert (g - e).abs().max() <= 1e-5 * e.abs().max().clamp(min=1.0)
+
+
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])
 def test_one_token_loop_is_taken_for_plain_steps_and_equals_forward(monkeypatch, positional):
     """The branch-free layer loop (``DecodeStep._one_token``) runs for one-token steps of plain

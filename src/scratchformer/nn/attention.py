@@ -109,6 +109,11 @@ class KVCache:
     Appended keys and values live in one buffer ``kv`` (B, 2, H, allocated, D);
     ``k`` and ``v`` are its views ``kv[:, 0]`` and ``kv[:, 1]``, each
     (B, H, allocated, D), valid for positions ``[0, length)``.
+
+    While autograd records (gradients enabled and keys or values requiring
+    them), an append makes new storage instead (the cached positions and the
+    new ones joined), so a backward pass through several cached calls finds
+    the keys and values it saved unchanged.
     """
 
     def __init__(self, static: bool = False, capacity: int | None = None) -> None:
@@ -124,6 +129,8 @@ class KVCache:
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append k, v of shape (B, H, T, D); return all keys/values (B, H, S, D)
         (views of the storage, valid until the next update)."""
+        if self._tracked(k, v):
+            return self._append_out_of_place(torch.stack((k, v), dim=1))
         T, L = k.size(2), self.length
         if self.kv is None or L + T > self.kv.size(3):
             self._grow(k, L + T)
@@ -137,12 +144,30 @@ class KVCache:
         strides, e.g. a view of a fused q/k/v projection), in one copy.
         Returns all keys and values, each (B, H, S, D), views of the storage
         valid until the next append."""
+        if self._tracked(kv):
+            return self._append_out_of_place(kv)
         T, L = kv.size(3), self.length
         if self.kv is None or L + T > self.kv.size(3):
             self._grow(kv.select(1, 0), L + T)
         self.kv.narrow(3, L, T).copy_(kv)
         self.length = S = L + T
         return self.k.narrow(2, 0, S), self.v.narrow(2, 0, S)
+
+    def _tracked(self, *new: Tensor) -> bool:
+        """Whether autograd records this append: then earlier keys and values may be saved
+        for a backward pass, and writing into their storage would invalidate it."""
+        return torch.is_grad_enabled() and (
+            any(t.requires_grad for t in new) or (self.kv is not None and self.kv.requires_grad)
+        )
+
+    def _append_out_of_place(self, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """Append kv (B, 2, H, T, D) into new storage (the cached positions and kv joined), so that a
+        backward pass through several cached calls sees the keys and values it saved unchanged."""
+        if self.kv is not None:
+            kv = torch.cat((self.kv.narrow(3, 0, self.length), kv), dim=3)  # (B, 2, H, S, D)
+        self._set_storage(kv)
+        self.length = kv.size(3)
+        return self.k, self.v
 
     def _grow(self, k: Tensor, needed: int) -> None:
         """Allocate room for at least ``needed`` positions (shaped, typed and
