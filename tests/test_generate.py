@@ -626,7 +626,9 @@ def test_decode_step_counts_on_onednn_only_without_gradients(monkeypatch):
 def test_gradients_through_cached_steps_equal_the_no_cache_gradients(positional, stepper):
     """A prompt through forward with the cache, then three one-token steps, all with autograd on:
     the gradients of a loss on the four last-position logits equal those of one no-cache forward
-    (the cache extends out of place while autograd records, so nothing saved is overwritten)."""
+    (the cache extends out of place while autograd records, so nothing saved is overwritten). The
+    cache's capacity is below the final length, so it also grows. (With ALiBi, SDPA's float mask
+    path saves no cache views, so those two cases would pass even with in-place appends.)"""
     model, ids = gpt(positional), prompt(2, 7)
     params = [p for p in model.parameters()]
 
@@ -634,7 +636,7 @@ def test_gradients_through_cached_steps_equal_the_no_cache_gradients(positional,
         return (logits.logsumexp(-1) * torch.arange(1.0, 5.0)).sum()
 
     expected = torch.autograd.grad(loss_of(model(ids)[:, 3:]), params)
-    cache = model.new_cache(capacity=7)
+    cache = model.new_cache(capacity=5)
     logits = [model(ids[:, :4], cache=cache)[:, -1]]
     for t in range(4, 7):
         tok = ids[:, t : t + 1]
@@ -642,6 +644,35 @@ def test_gradients_through_cached_steps_equal_the_no_cache_gradients(positional,
     got = torch.autograd.grad(loss_of(torch.stack(logits, 1)), params)
     for g, e in zip(got, expected):
         assert (g - e).abs().max() <= 1e-5 * e.abs().max().clamp(min=1.0)
+
+
+def test_kv_cache_switches_between_in_place_and_recorded_appends():
+    """Appends with autograd recording make new storage and keep every cached position; a
+    no-grad append after them grows back to the capacity and writes in place again; a static
+    (cross-attention) cache extended while recording keeps its keys."""
+    from scratchformer.nn.attention import KVCache
+
+    def kv(T, grad=False):
+        t = torch.randn(1, 2, 2, T, 3)
+        return t.requires_grad_() if grad else t
+
+    cache, parts = KVCache(capacity=8), []
+    for T, grad in ((2, False), (1, True), (2, True), (1, False), (1, False)):
+        parts.append(kv(T, grad))
+        with torch.set_grad_enabled(grad):
+            k, v = cache.append_kv(parts[-1])
+        whole = torch.cat(parts, dim=3)
+        assert torch.equal(k, whole[:, 0]) and torch.equal(v, whole[:, 1])
+    assert cache.kv.size(3) == 8  # back to the capacity once nothing records
+    ptr = cache.kv.data_ptr()
+    with torch.no_grad():
+        cache.append_kv(kv(1))
+    assert cache.kv.data_ptr() == ptr  # in place again
+    static = KVCache()
+    k0, v0 = torch.randn(1, 2, 4, 3), torch.randn(1, 2, 4, 3)
+    static.set_static(k0, v0)
+    k, v = static.update(torch.randn(1, 2, 1, 3, requires_grad=True), torch.randn(1, 2, 1, 3))
+    assert k.shape == (1, 2, 5, 3) and torch.equal(k[:, :, :4], k0) and torch.equal(v[:, :, :4], v0)
 
 
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])

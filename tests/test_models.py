@@ -486,3 +486,18 @@ def test_n_layer_changes_depth():
     assert (two(x) - three(x)).abs().max() > 1e-4
     ed = build(EncoderDecoder, EncoderDecoderConfig, n_layer=2, n_encoder_layer=3, n_decoder_layer=1)
     assert len(ed.encoder.blocks) == 3 and len(ed.decoder.blocks) == 1
+
+
+def test_alibi_reference_attention_runs_in_bfloat16():
+    """The float32 ALiBi bias is cast to the scores' dtype: a bf16 model with the written-out
+    attention runs, and agrees with the fused path to bf16 rounding."""
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=31, d_model=32, n_head=4, n_layer=2, max_len=16, positional="alibi")
+    ids = torch.randint(0, 31, (2, 9))
+    ref = GPT(GPTConfig(**cfg, attn_impl="reference")).eval().to(torch.bfloat16)
+    fused = GPT(GPTConfig(**cfg, attn_impl="fused")).eval().to(torch.bfloat16)
+    fused.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        a, b = ref(ids), fused(ids)
+    assert a.dtype == torch.bfloat16
+    assert (a.float() - b.float()).abs().max() <= 0.05 * b.float().abs().max()

@@ -71,7 +71,10 @@ class GPT(nn.Module):
         configuration allows and ``forward`` otherwise. This convenience
         checks the ids (reading them back) and builds a ``DecodeStep`` on
         every call; a decoding loop should hold ``fast_decoder()`` instead,
-        as ``generate`` does.
+        as ``generate`` does. With gradients enabled the cache is extended
+        out of place (``KVCache``), one copy of it per call, so that backward
+        can run through several calls; decode under ``torch.no_grad()``
+        unless gradients are wanted.
         """
         check_ids(token_ids, self.config.vocab_size, "token_ids")
         step = self.fast_decoder()

@@ -47,7 +47,7 @@ def reference_attention(
     D = q.size(-1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, T, S)
     if bias is not None:
-        scores = scores + bias
+        scores = scores + bias.to(scores.dtype)  # a float32 bias would promote bf16 scores
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)  # (B, H, T, S)
@@ -163,8 +163,11 @@ class KVCache:
     def _append_out_of_place(self, kv: Tensor) -> tuple[Tensor, Tensor]:
         """Append kv (B, 2, H, T, D) into new storage (the cached positions and kv joined), so that a
         backward pass through several cached calls sees the keys and values it saved unchanged."""
+        L = self.length
         if self.kv is not None:
-            kv = torch.cat((self.kv.narrow(3, 0, self.length), kv), dim=3)  # (B, 2, H, S, D)
+            kv = torch.cat((self.kv.narrow(3, 0, L), kv), dim=3)  # (B, 2, H, S, D)
+        elif self.k is not None:  # set by set_static: keys and values in two tensors
+            kv = torch.cat((torch.stack((self.k[:, :, :L], self.v[:, :, :L]), dim=1), kv), dim=3)
         self._set_storage(kv)
         self.length = kv.size(3)
         return self.k, self.v
