@@ -490,8 +490,11 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
 
             # -- one update: this rank's shard of each micro-batch of the global batch
             shards = split_global_batch(sampler.take(tc.batch_size), tc.grad_accum, info.world_size, info.rank)
-            micro = [_to(task.collate([train_ds[i] for i in idx]), device) for idx in shards]
-            local = [float(sum(target_count(task.kind, b) for b in micro)), 0.0]
+            cpu_micro = [task.collate([train_ds[i] for i in idx]) for idx in shards]
+            # counted on the host batches: reading counts back from a GPU would wait for the last step
+            local = [float(sum(target_count(task.kind, b) for b in cpu_micro)), 0.0]
+            tokens_since += sum(batch_tokens(b) for b in cpu_micro)
+            micro = [_to(b, device) for b in cpu_micro]
             (global_count,) = D.all_reduce_sum(local[:1], info, device)
             scale = info.world_size / max(global_count, 1.0)  # DDP averages gradients over ranks
             loss_sum = torch.zeros((), device=device)
@@ -500,7 +503,6 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
                     out = loss_fn(train_model, batch)
                 (out.loss_sum * scale).backward()
                 loss_sum += out.loss_sum.detach().float()
-                tokens_since += batch_tokens(batch)
             (total,) = D.all_reduce_sum([float(loss_sum)], info, device)
             loss = total / max(global_count, 1.0)
             if not math.isfinite(loss):
