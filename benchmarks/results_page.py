@@ -23,7 +23,8 @@ SECTIONS = [
      "python benchmarks/bench_train.py"),
     ("The matmul under every Linear", "bench_linear.md",
      "torch's `F.linear` (MKL on x86) against oneDNN, the kernel `scratchformer.nn.linear` sends float32 CPU "
-     "matmuls to: where the training and decoding speed-ups come from.",
+     "matmuls to, and, for batch-1 decoding, against `row_linear` (`F.embedding_bag` over an (in, out) copy of "
+     "each weight): where the training and decoding speed-ups come from.",
      "python benchmarks/bench_linear.py"),
     ("Generation speed", "bench_generate.md",
      "Batch-1 greedy decoding, side by side with Hugging Face `generate` on identical weights.",
