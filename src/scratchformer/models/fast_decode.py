@@ -79,18 +79,6 @@ def _norm_fn(norm: nn.Module) -> Fn:
     return norm.forward
 
 
-@dataclass(frozen=True)
-class _Lin:
-    """One Linear's parameters, the module's own tensors."""
-
-    weight: Tensor  # (out, in)
-    bias: Tensor | None
-
-
-def _lin(linear: nn.Linear | None) -> _Lin | None:
-    return None if linear is None else _Lin(linear.weight, linear.bias)
-
-
 # (in, out) copies of weights, for one-row products (row_linear, or torch's addmm on a small weight), kept
 # from one decoding call to the next: copying every weight of a 124M model takes about 0.3 s, as long as
 # twenty decoding steps. A copy is used only while its weight is unchanged: the same storage (held by a
@@ -142,7 +130,7 @@ def release_weight_copies() -> None:
     _COPIES.clear()
 
 
-def _bind(lin: _Lin | None, kind: str, parts: int = 1) -> Fn | None:
+def _bind(lin: nn.Linear | None, kind: str, parts: int = 1) -> Fn | None:
     """``lin`` as a function of x (rows, in), by ``kind``: "onednn" (oneDNN's matmul on the
     weight as it is), "row" (``row_linear`` on the (in, out) copy; one row), "copy" (torch's
     addmm on the (in, out) copy: ``F.linear``'s kernel minus a transpose per call) or
@@ -161,7 +149,7 @@ def _bind(lin: _Lin | None, kind: str, parts: int = 1) -> Fn | None:
     return (lambda x: torch.mm(x, wt)) if b is None else (lambda x: torch.addmm(b, x, wt))
 
 
-def _kind(x: Tensor, lin: _Lin | None, grad: bool) -> str:
+def _kind(x: Tensor, lin: nn.Linear | None, grad: bool) -> str:
     """The kernel for rows x by ``lin``'s weight (see ``_bind``)."""
     if lin is None or grad:
         return "torch"
@@ -175,27 +163,27 @@ def _kind(x: Tensor, lin: _Lin | None, grad: bool) -> str:
 
 @dataclass(frozen=True)
 class _Layer:
-    """One block's parameters, read once."""
+    """One block's norms, Linear modules and activation, looked up once."""
 
     attn_norm: Fn
-    qkv: _Lin  # (C -> 3C)
-    out: _Lin  # (C -> C)
+    qkv: nn.Linear  # (C -> 3C)
+    out: nn.Linear  # (C -> C)
     impl: str
     mlp_norm: Fn | None  # None: the block has no feed-forward sublayer
-    up: _Lin | None  # (C -> F)
-    gate: _Lin | None  # (C -> F), swiglu only
-    down: _Lin | None  # (F -> C)
+    up: nn.Linear | None  # (C -> F)
+    gate: nn.Linear | None  # (C -> F), swiglu only
+    down: nn.Linear | None  # (F -> C)
     activation: Fn | None  # None for swiglu (gated)
 
 
 def _layer(block: Block) -> _Layer:
     mha: MultiHeadAttention = block.attn.sublayer
-    attn = (_norm_fn(block.attn.norm), _lin(mha.in_proj), _lin(mha.out_proj), mha.impl)
+    attn = (_norm_fn(block.attn.norm), mha.in_proj, mha.out_proj, mha.impl)
     if block.mlp is None:
         return _Layer(*attn, *([None] * 5))
     ffn: FeedForward = block.mlp.sublayer
     activation = None if ffn.gate is not None else ACTIVATIONS[ffn.activation]
-    return _Layer(*attn, _norm_fn(block.mlp.norm), _lin(ffn.up), _lin(ffn.gate), _lin(ffn.down), activation)
+    return _Layer(*attn, _norm_fn(block.mlp.norm), ffn.up, ffn.gate, ffn.down, activation)
 
 
 class DecodeStep:
@@ -267,7 +255,7 @@ class DecodeStep:
             l.impl == "fused" and l.mlp_norm is not None and l.activation is not None for l in self.layers
         )
         self.final_norm = _norm_fn(model.decoder.final_norm)
-        self.head = _lin(model.lm_head)
+        self.head = model.lm_head
         self._chosen: dict[tuple, tuple[list[tuple[Fn | None, ...]], Fn]] = {}  # see _matmuls
 
     def __call__(
