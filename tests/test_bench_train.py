@@ -49,8 +49,8 @@ def baseline_from(sf: GPT) -> BaselineGPT:
         bl.pos.weight.copy_(sf.embed.pos.weight)
         for b, s in zip(bl.blocks, sf.decoder.blocks):
             pairs = [
-                (b.ln1, s.attn.norm), (b.attn.qkv, s.attn.sublayer.in_proj), (b.attn.proj, s.attn.sublayer.out_proj),
-                (b.ln2, s.mlp.norm), (b.mlp.fc, s.mlp.sublayer.up), (b.mlp.proj, s.mlp.sublayer.down),
+                (b.ln1, s.attn_norm), (b.attn.qkv, s.attn.in_proj), (b.attn.proj, s.attn.out_proj),
+                (b.ln2, s.mlp_norm), (b.mlp.fc, s.mlp.up), (b.mlp.proj, s.mlp.down),
             ]
             for mb, ms in pairs:
                 mb.weight.copy_(ms.weight)
@@ -73,7 +73,7 @@ def test_baseline_computes_the_same_loss_and_gradients_as_scratchformer():
     loss_bl.backward()
     torch.testing.assert_close(sf.embed.tok.weight.grad, bl.tok.weight.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(
-        sf.decoder.blocks[0].attn.sublayer.in_proj.weight.grad, bl.blocks[0].attn.qkv.weight.grad, rtol=1e-4, atol=1e-6
+        sf.decoder.blocks[0].attn.in_proj.weight.grad, bl.blocks[0].attn.qkv.weight.grad, rtol=1e-4, atol=1e-6
     )
 
 

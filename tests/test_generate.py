@@ -833,7 +833,7 @@ def test_decode_step_one_row_through_row_linear_equals_forward(monkeypatch):
         pytest.skip('"auto" chooses row_linear on x86-64 only')
     calls = _count_calls(monkeypatch, fd, "row_linear")
     model = _wide_gpt()
-    assert model.decoder.blocks[0].attn.sublayer.in_proj.weight.numel() >= ROW_LINEAR_MIN_WEIGHT
+    assert model.decoder.blocks[0].attn.in_proj.weight.numel() >= ROW_LINEAR_MIN_WEIGHT
     _step_vs_forward(model, prompt(1, 5), None)
     assert calls[0] > 0
     calls[0] = 0
@@ -858,7 +858,7 @@ def test_batch1_generation_with_row_linear_equals_no_cache_and_sees_weight_chang
         return torch.equal(generate(model, ids, max_new_tokens=12), generate(model, ids, max_new_tokens=12, use_cache=False))
 
     assert cached_equals_uncached()
-    w = model.decoder.blocks[0].attn.sublayer.in_proj.weight
+    w = model.decoder.blocks[0].attn.in_proj.weight
     first = fd._in_out(w)
     assert fd._in_out(w) is first  # kept while the weight is unchanged
     with torch.no_grad():
@@ -873,7 +873,7 @@ def test_batch1_generation_with_row_linear_equals_no_cache_and_sees_weight_chang
     assert torch.equal(fd._in_out(w), w.detach().t())
     assert cached_equals_uncached()
     with torch.no_grad():
-        sq = model.decoder.blocks[0].attn.sublayer.out_proj.weight  # square: its transpose has the same shape
+        sq = model.decoder.blocks[0].attn.out_proj.weight  # square: its transpose has the same shape
         fd._in_out(sq)
         sq.data = sq.data.t()  # same storage, offset and version; other strides
         assert torch.equal(fd._in_out(sq), sq.detach().t())

@@ -494,7 +494,7 @@ class Doubler(nn.Module):
 @pytest.mark.parametrize("use_residual", [True, False])
 def test_residual_placements(norm_first, use_residual):
     spec = BlockSpec(d_model=6, n_head=2, d_ff=12, norm="layernorm", norm_first=norm_first, use_residual=use_residual)
-    r = Residual(spec, Doubler())
+    r = Residual(spec.norm_first, spec.use_residual)
     x = rand(2, 3, 6, seed=61)
 
     def norm(t):
@@ -507,7 +507,7 @@ def test_residual_placements(norm_first, use_residual):
         expect = (x if use_residual else 0) + f(norm(x))  # pre: x + f(norm(x))
     else:
         expect = norm((x if use_residual else 0) + f(x))  # post: norm(x + f(x))
-    y, w = r(x)
+    y, w = r(x, build_norm(spec.norm, spec.d_model), Doubler())
     assert w is None
     torch.testing.assert_close(y, expect, atol=1e-5, rtol=1e-5)
 
@@ -515,9 +515,11 @@ def test_residual_placements(norm_first, use_residual):
 def test_block_parts_follow_spec():
     spec = BlockSpec(d_model=8, n_head=2, d_ff=16)
     enc, dec = Block(spec), Block(spec, causal=True, cross_attention=True)
-    assert enc.cross is None and dec.cross is not None
-    assert not enc.attn.sublayer.causal and dec.attn.sublayer.causal and not dec.cross.sublayer.causal
-    assert Block(BlockSpec(d_model=8, n_head=2, d_ff=16, use_mlp=False)).mlp is None
+    assert enc.cross_attn is None and enc.cross_attn_norm is None
+    assert dec.cross_attn is not None and dec.cross_attn_norm is not None
+    assert not enc.attn.causal and dec.attn.causal and not dec.cross_attn.causal
+    no_mlp = Block(BlockSpec(d_model=8, n_head=2, d_ff=16, use_mlp=False))
+    assert no_mlp.mlp is None and no_mlp.mlp_norm is None
 
 
 # --------------------------------------------------------------------------- gradcheck

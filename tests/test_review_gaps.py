@@ -112,13 +112,13 @@ def test_attention_only_rung_is_embeddings_attention_and_head():
     torch.manual_seed(0)
     model = GPT(cfg).eval()
     names = {n for n, _ in model.named_parameters()}
-    assert names == {"embed.tok.weight", "decoder.blocks.0.attn.sublayer.in_proj.weight",
-                     "decoder.blocks.0.attn.sublayer.out_proj.weight", "lm_head.weight"}
+    assert names == {"embed.tok.weight", "decoder.blocks.0.attn.in_proj.weight",
+                     "decoder.blocks.0.attn.out_proj.weight", "lm_head.weight"}
     # logits = causal_mha(E[ids]) @ W_head^T, with the tutorial's (d_in, d_out) matrices
     ids = torch.tensor([[1, 4, 2, 9, 3]])
-    W_in = model.decoder.blocks[0].attn.sublayer.in_proj.weight  # (3C, C)
+    W_in = model.decoder.blocks[0].attn.in_proj.weight  # (3C, C)
     W_Q, W_K, W_V = (W_in[i * C : (i + 1) * C].T for i in range(3))
-    W_O = model.decoder.blocks[0].attn.sublayer.out_proj.weight.T
+    W_O = model.decoder.blocks[0].attn.out_proj.weight.T
     x = model.embed.tok.weight[ids]
     expect = causal_multi_head_attention(x, W_Q, W_K, W_V, W_O, num_heads=H) @ model.lm_head.weight.T
     torch.testing.assert_close(model(ids), expect, atol=1e-5, rtol=1e-5)

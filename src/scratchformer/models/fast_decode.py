@@ -177,13 +177,13 @@ class _Layer:
 
 
 def _layer(block: Block) -> _Layer:
-    mha: MultiHeadAttention = block.attn.sublayer
-    attn = (_norm_fn(block.attn.norm), mha.in_proj, mha.out_proj, mha.impl)
+    mha: MultiHeadAttention = block.attn
+    attn = (_norm_fn(block.attn_norm), mha.in_proj, mha.out_proj, mha.impl)
     if block.mlp is None:
         return _Layer(*attn, *([None] * 5))
-    ffn: FeedForward = block.mlp.sublayer
+    ffn: FeedForward = block.mlp
     activation = None if ffn.gate is not None else ACTIVATIONS[ffn.activation]
-    return _Layer(*attn, _norm_fn(block.mlp.norm), ffn.up, ffn.gate, ffn.down, activation)
+    return _Layer(*attn, _norm_fn(block.mlp_norm), ffn.up, ffn.gate, ffn.down, activation)
 
 
 class DecodeStep:
@@ -224,12 +224,12 @@ class DecodeStep:
             if m._forward_hooks or m._forward_pre_hooks:
                 return f"module {name or 'model'!r} has forward hooks, which the step would skip"
         for i, block in enumerate(model.decoder.blocks):
-            if type(block) is not Block or block.cross is not None:
+            if type(block) is not Block or block.cross_attn is not None:
                 return f"block {i} is not a plain self-attention block"
-            if type(block.attn.sublayer) is not MultiHeadAttention or not block.attn.sublayer.causal:
+            if type(block.attn) is not MultiHeadAttention or not block.attn.causal:
                 return f"block {i} does not hold a causal MultiHeadAttention"
-            if block.mlp is not None and type(block.mlp.sublayer) is not FeedForward:
-                return f"block {i} has a feed-forward sublayer of type {type(block.mlp.sublayer).__name__}"
+            if block.mlp is not None and type(block.mlp) is not FeedForward:
+                return f"block {i} has a feed-forward sublayer of type {type(block.mlp).__name__}"
         return None
 
     def __init__(self, model: nn.Module) -> None:

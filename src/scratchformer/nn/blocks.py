@@ -39,21 +39,20 @@ class BlockSpec:
     attn_impl: AttentionImpl = "fused"
 
 
-class Residual(nn.Module):
-    """One sublayer with its norm, in either placement, with or without the skip."""
+@dataclass(frozen=True)
+class Residual:
+    """How one sublayer joins the residual stream: the norm's placement and the
+    skip connection. Holds no weights: the block owns the norm and the sublayer."""
 
-    def __init__(self, spec: BlockSpec, sublayer: nn.Module) -> None:
-        super().__init__()
-        self.sublayer = sublayer
-        self.norm = build_norm(spec.norm, spec.d_model, spec.norm_eps, spec.bias)
-        self.norm_first, self.use_residual = spec.norm_first, spec.use_residual
+    norm_first: bool = False
+    use_residual: bool = True
 
-    def forward(self, x: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor | None]:
-        h = self.norm(x) if self.norm_first else x
-        out = self.sublayer(h, *args, **kwargs)
+    def __call__(self, x: Tensor, norm: nn.Module, sublayer: nn.Module, **kwargs) -> tuple[Tensor, Tensor | None]:
+        h = norm(x) if self.norm_first else x
+        out = sublayer(h, **kwargs)
         out, weights = out if isinstance(out, tuple) else (out, None)
         y = x + out if self.use_residual else out
-        return (y if self.norm_first else self.norm(y)), weights
+        return (y if self.norm_first else norm(y)), weights
 
 
 class Block(nn.Module):
@@ -70,10 +69,16 @@ class Block(nn.Module):
         def mha(is_causal: bool) -> MultiHeadAttention:
             return MultiHeadAttention(spec.d_model, spec.n_head, spec.dropout, spec.bias, spec.attn_impl, is_causal)
 
-        self.attn = Residual(spec, mha(causal))
-        self.cross = Residual(spec, mha(False)) if cross_attention else None
-        ffn = FeedForward(spec.d_model, spec.d_ff, spec.activation, spec.dropout, spec.bias)
-        self.mlp = Residual(spec, ffn) if spec.use_mlp else None
+        def norm() -> nn.Module:
+            return build_norm(spec.norm, spec.d_model, spec.norm_eps, spec.bias)
+
+        self.residual = Residual(spec.norm_first, spec.use_residual)
+        self.attn = mha(causal)
+        self.attn_norm = norm()
+        self.cross_attn = mha(False) if cross_attention else None
+        self.cross_attn_norm = norm() if cross_attention else None
+        self.mlp = FeedForward(spec.d_model, spec.d_ff, spec.activation, spec.dropout, spec.bias) if spec.use_mlp else None
+        self.mlp_norm = norm() if spec.use_mlp else None
 
     def forward(
         self,
@@ -96,13 +101,15 @@ class Block(nn.Module):
             (x (B, T, C), {"self": weights, "cross": weights} when need_weights)
         """
         weights: dict[str, Tensor] = {}
-        x, w = self.attn(x, key_padding=key_padding, rope=rope, bias=bias, cache=cache, need_weights=need_weights)
+        attend = dict(key_padding=key_padding, rope=rope, bias=bias, cache=cache, need_weights=need_weights)
+        x, w = self.residual(x, self.attn_norm, self.attn, **attend)
         if w is not None:
             weights["self"] = w
-        if self.cross is not None:
-            x, w = self.cross(x, context=context, key_padding=context_padding, cache=cross_cache, need_weights=need_weights)
+        if self.cross_attn is not None:
+            attend = dict(context=context, key_padding=context_padding, cache=cross_cache, need_weights=need_weights)
+            x, w = self.residual(x, self.cross_attn_norm, self.cross_attn, **attend)
             if w is not None:
                 weights["cross"] = w
         if self.mlp is not None:
-            x, _ = self.mlp(x)
+            x, _ = self.residual(x, self.mlp_norm, self.mlp)
         return x, weights
