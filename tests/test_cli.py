@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scratchformer.cli import main, normalise_arithmetic_prompt, unreverse_answer
+from scratchformer.cli import main
+from scratchformer.errors import DataError
 from scratchformer.train.config import DEFAULT_RUN, apply_overrides, parse_value
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,14 +128,32 @@ def test_shipped_configs_are_valid(capsys):
         assert code == 0, (path, err)
 
 
-def test_arithmetic_display_helpers():
+def test_arithmetic_prompt_formatting_and_answer_presentation_are_task_methods():
+    from scratchformer.tasks import AdditionGPTConfig, AdditionGPTTask, task_for_prompts, unreverse_answer
+
     assert unreverse_answer("9750", "+") == "579"
     assert unreverse_answer("0000", "+") == "0"
     assert unreverse_answer("-12", "-") == "-21" and unreverse_answer("021", "-") == "12"
     fixed = {"name": "addition_gpt", "min_digits": 3, "max_digits": 3}
-    assert normalise_arithmetic_prompt("12+5=", fixed) == "012+005="
-    assert normalise_arithmetic_prompt("12+5=", {**fixed, "min_digits": 1}) == "12+05="
-    assert normalise_arithmetic_prompt("hello", fixed) == "hello"
+    assert task_for_prompts(fixed, None).format_prompt("12+5=") == "012+005="
+    assert task_for_prompts({**fixed, "min_digits": 1}, None).format_prompt("12+5=") == "12+05="
+    assert task_for_prompts(fixed, None).format_prompt("hello") == "hello"
+    assert task_for_prompts({**fixed, "reverse_operands": True}, None).format_prompt("<BOS>12+5=") == "<BOS>210+500="
+    # the data-less task answers the same as the built one, and builds no splits
+    built = AdditionGPTTask(AdditionGPTConfig(max_digits=2, min_digits=1, reverse_answer=True, num_examples=50))
+    light = task_for_prompts({"name": "addition_gpt", **built.config.to_dict()}, built.tokenizer)
+    for typed in ("3+4=", "12+5=", "<BOS>1+99="):
+        assert light.format_prompt(typed) == built.format_prompt(typed)
+    assert light.split_names == built.split_names
+    with pytest.raises(DataError, match="without its splits"):
+        light.dataset("train")
+    shown = built.present_answer("12+05=", "710")
+    assert (shown.text, shown.written, shown.changed, shown.shown_as) == ("17", "710", True, "un-reversed")
+    assert not built.present_answer("hello", "710").changed  # not an arithmetic prompt: shown as written
+    plain = AdditionGPTTask(AdditionGPTConfig(max_digits=2, num_examples=50))
+    assert plain.present_answer("12+05=", "017").text == "017" and not plain.present_answer("12+05=", "017").changed
+    minus = task_for_prompts({"name": "addition_gpt", "max_digits": 2, "operator": "-", "reverse_answer": True}, None)
+    assert minus.present_answer("03-12=", "-90").text == "-9"
 
 
 def test_train_eval_generate_on_a_tiny_run(capsys, tmp_path):

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ScratchformerError
+
+if TYPE_CHECKING:
+    from .tasks import ShownAnswer
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -247,13 +249,11 @@ def _print_eval_report(report: dict[str, Any], run_dir: Path, as_json: bool) -> 
 
 
 # ---------------------------------------------------------------------- generate
-_ARITH = re.compile(r"^(<BOS>)?(\d+)([+\-*])(\d+)=$")
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .errors import ConfigError
+    from .tasks import task_for_prompts
     from .train.run import load_run, read_run_config
 
     read_run_config(args.run_dir)
@@ -265,8 +265,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.run_dir} has no tokenizer.json, so text prompts cannot be encoded")
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    task_cfg = run.config.task
-    prompt = normalise_arithmetic_prompt(args.prompt, task_cfg)
+    task = task_for_prompts(run.config.task, tok)
+    prompt = task.format_prompt(args.prompt)
     ids = tok.encode(prompt)
     unk = getattr(tok, "unk_token_id", None)
     if unk is not None and unk in ids:
@@ -280,6 +280,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not ids:
         raise ConfigError("the prompt encodes to no tokens; give some text")
     x = torch.tensor([ids], dtype=torch.long)
+    options = _decoding_options(args, tok)
+    model = run.model
+    if run.arch == "gpt":
+        room = model.config.max_len - len(ids)
+        if room <= 0:
+            raise ConfigError(f"the prompt has {len(ids)} tokens; the model's max_len is {model.config.max_len}")
+        options["max_new_tokens"] = args.max_new_tokens if args.max_new_tokens is not None else min(64, room)
+        if args.stream:
+            return _print_stream(model, x, tok, options, None if args.raw else lambda a: task.present_answer(prompt, a))
+        out = model.generate(x, **options)
+        new = [row[len(ids):] for row in out.tolist()]
+    else:
+        options["max_new_tokens"] = args.max_new_tokens if args.max_new_tokens is not None else min(64, model.config.max_len - 1)
+        out = model.generate(encoder_input_ids=x, **options)
+        new = [row[1:] for row in out.tolist()]  # drop the start token
+    shown_prompt = tok.decode(ids, skip_special_tokens=True)
+    for row in new:
+        if tok.eos_token_id is not None and tok.eos_token_id in row:
+            row = row[: row.index(tok.eos_token_id)]
+        text = tok.decode(row, skip_special_tokens=True)
+        answer = task.present_answer(prompt, text) if not args.raw else None
+        if answer is not None and answer.changed:
+            print(f"{shown_prompt}{answer.text}")
+            print(f"(the model writes the answer {answer.how_written}: {answer.written!r}; shown {answer.shown_as})")
+        elif run.arch == "gpt":
+            print(f"{shown_prompt}{text}")
+        else:
+            print(text)
+    return 0
+
+
+def _decoding_options(args: argparse.Namespace, tok: Any) -> dict[str, Any]:
+    """generate()'s keyword arguments from the command line's decoding flags (unset ones left out)."""
+    import torch
+
     options: dict[str, Any] = {
         "do_sample": args.do_sample,
         "temperature": args.temperature,
@@ -289,58 +324,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "num_return_sequences": args.num_return_sequences,
         "eos_token_id": tok.eos_token_id,
         "pad_token_id": tok.pad_token_id,
+        "repetition_penalty": args.repetition_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "length_penalty": args.length_penalty,
     }
-    if args.repetition_penalty is not None:
-        options["repetition_penalty"] = args.repetition_penalty
-    if args.no_repeat_ngram_size is not None:
-        options["no_repeat_ngram_size"] = args.no_repeat_ngram_size
-    if args.length_penalty is not None:
-        options["length_penalty"] = args.length_penalty
     if args.early_stopping is not None:
         options["early_stopping"] = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
     if args.no_cache:
         options["use_cache"] = False
     if args.seed is not None:
         options["generator"] = torch.Generator().manual_seed(args.seed)
-    options = {k: v for k, v in options.items() if v is not None}
-    model = run.model
-    if run.arch == "gpt":
-        room = model.config.max_len - len(ids)
-        if room <= 0:
-            raise ConfigError(f"the prompt has {len(ids)} tokens; the model's max_len is {model.config.max_len}")
-        options["max_new_tokens"] = args.max_new_tokens if args.max_new_tokens is not None else min(64, room)
-        if args.stream:
-            reversed_op = None
-            if not args.raw and task_cfg.get("reverse_answer") and _ARITH.match(prompt):
-                reversed_op = str(task_cfg.get("operator", "+"))
-            return _print_stream(model, x, tok, options, reversed_op)
-        out = model.generate(x, **options)
-        new = [row[len(ids):] for row in out.tolist()]
-    elif run.arch == "encoder_decoder":
-        options["max_new_tokens"] = args.max_new_tokens if args.max_new_tokens is not None else min(64, model.config.max_len - 1)
-        out = model.generate(encoder_input_ids=x, **options)
-        new = [row[1:] for row in out.tolist()]  # drop the start token
-    else:
-        raise ConfigError(f"generate needs a 'gpt' or 'encoder_decoder' run; {args.run_dir} is {run.arch!r}")
-    shown_prompt = tok.decode(ids, skip_special_tokens=True)
-    for row in new:
-        if tok.eos_token_id is not None and tok.eos_token_id in row:
-            row = row[: row.index(tok.eos_token_id)]
-        text = tok.decode(row, skip_special_tokens=True)
-        if not args.raw and task_cfg.get("reverse_answer") and _ARITH.match(prompt):
-            plain = unreverse_answer(text, str(task_cfg.get("operator", "+")))
-            print(f"{shown_prompt}{plain}")
-            print(f"(the model writes the answer reversed, least-significant digit first: {text!r}; shown un-reversed)")
-        elif run.arch == "gpt":
-            print(f"{shown_prompt}{text}")
-        else:
-            print(text)
-    return 0
+    return {k: v for k, v in options.items() if v is not None}
 
 
-def _print_stream(model, x, tok, options: dict[str, Any], reversed_op: str | None = None) -> int:
-    """Print the prompt, then each new token as soon as it is chosen. For a
-    reversed-answer arithmetic run (``reversed_op``), add the answer un-reversed."""
+def _print_stream(model, x, tok, options: dict[str, Any], present: Callable[[str], ShownAnswer] | None = None) -> int:
+    """Print the prompt, then each new token as soon as it is chosen; when ``present`` shows the
+    answer rewritten for a person (e.g. un-reversed), add that reading on its own line."""
     from .generate import stream
 
     if options.get("num_return_sequences", 1) != 1:
@@ -355,34 +354,10 @@ def _print_stream(model, x, tok, options: dict[str, Any], reversed_op: str | Non
         new.append(token)
         print(tok.decode([token], skip_special_tokens=True), end="", flush=True)
     print()
-    if reversed_op is not None:
-        text = tok.decode(new, skip_special_tokens=True)
-        print(f"(the answer was written reversed, least-significant digit first; un-reversed: "
-              f"{unreverse_answer(text, reversed_op)})")
+    answer = present(tok.decode(new, skip_special_tokens=True)) if present is not None else None
+    if answer is not None and answer.changed:
+        print(f"(the answer was written {answer.how_written}; {answer.shown_as}: {answer.text})")
     return 0
-
-
-def normalise_arithmetic_prompt(prompt: str, task_cfg: dict[str, Any]) -> str:
-    """For the GPT arithmetic format, zero-pad both operands to one width: the longer operand's, and at
-    least the task's ``min_digits`` (``12+5=`` -> ``12+05=``; ``-> 012+005=`` when every problem has 3 digits)."""
-    m = _ARITH.match(prompt.strip())
-    if task_cfg.get("name") != "addition_gpt" or not m:
-        return prompt
-    bos, a, op, b = m.group(1) or "", m.group(2), m.group(3), m.group(4)
-    width = max(len(a), len(b), int(task_cfg.get("min_digits") or 0))  # fixed-width runs pad to min_digits
-    if task_cfg.get("reverse_operands"):
-        a, b = a[::-1], b[::-1]
-        return f"{bos}{a.ljust(width, '0')}{op}{b.ljust(width, '0')}="
-    return f"{bos}{a.zfill(width)}{op}{b.zfill(width)}="
-
-
-def unreverse_answer(text: str, operator: str) -> str:
-    """The reversed answer written most-significant digit first, leading zeros dropped
-    (for ``-`` the first character is the sign slot and stays first)."""
-    if operator == "-" and text:
-        sign, digits = text[0], text[1:][::-1].lstrip("0") or "0"
-        return f"-{digits}" if sign == "-" else digits
-    return text[::-1].lstrip("0") or "0"
 
 
 def _task_info(run_dir: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from scratchformer.tasks.arithmetic import (
     DifferenceSignConfig,
     DifferenceSignTask,
     parse_lengths,
+    unreverse_answer,
 )
 from scratchformer.tasks.base import (
     IGNORE_INDEX,
@@ -23,12 +24,14 @@ from scratchformer.tasks.base import (
     GenerativeTask,
     PrebuiltSplitsTask,
     Prompt,
+    ShownAnswer,
     Task,
     TaskConfig,
     build_task,
     make_config,
     pad_collate,
     register_task,
+    task_for_prompts,
 )
 from scratchformer.tasks.classification import TextClassificationConfig, TextClassificationTask, read_records
 from scratchformer.tasks.contamination import contamination_report, task_contamination
@@ -65,6 +68,7 @@ __all__ = [
     "RandomBlockDataset",
     "RegressionConfig",
     "RegressionTask",
+    "ShownAnswer",
     "Task",
     "TaskConfig",
     "TextClassificationConfig",
@@ -84,4 +88,6 @@ __all__ = [
     "read_text_file",
     "register_task",
     "task_contamination",
+    "task_for_prompts",
+    "unreverse_answer",
 ]

@@ -12,6 +12,7 @@ N examples, L problem length, T token length, W answer width, k base.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from scratchformer.tasks.base import (
     GenerativeTask,
     PrebuiltSplitsTask,
     Prompt,
+    ShownAnswer,
     TaskConfig,
     check_positive_int,
     check_split_fractions,
@@ -43,6 +45,9 @@ ENUMERATE_LIMIT = 2_000_000
 _MAX_DRAW_ROUNDS = 64
 _INT64_MAX = np.iinfo(np.int64).max
 _DIGITS = "0123456789"
+
+_TYPED_PROMPT = re.compile(r"^(<BOS>)?(\d+)([+\-*])(\d+)=$")
+"""A prompt as a person types it for the GPT format: ``12+5=``, optionally after ``<BOS>``."""
 
 
 # ---------------------------------------------------------------------- option parsing
@@ -965,6 +970,31 @@ class AdditionGPTTask(PrebuiltSplitsTask, GenerativeTask):
         value = to_base(a + b if op == "+" else a * b, k).zfill(self.answer_width(width))
         return value[::-1] if self.config.reverse_answer else value
 
+    # -------------------------------------------------------------- for people
+    def format_prompt(self, text: str) -> str:
+        """A typed ``a op b=`` in this task's format: both operands zero-padded to one width (the
+        longer operand's, and at least ``min_digits``: ``12+5=`` -> ``012+005=`` when every problem
+        has 3 digits), their digits reversed under ``reverse_operands``. Other text is left as is."""
+        m = _TYPED_PROMPT.match(text.strip())
+        if not m:
+            return text
+        bos, a, op, b = m.group(1) or "", m.group(2), m.group(3), m.group(4)
+        width = max(len(a), len(b), int(self.config.min_digits or 0))  # fixed-width runs pad to min_digits
+        if self.config.reverse_operands:
+            return f"{bos}{a[::-1].ljust(width, '0')}{op}{b[::-1].ljust(width, '0')}="
+        return f"{bos}{a.zfill(width)}{op}{b.zfill(width)}="
+
+    def present_answer(self, prompt: str, answer: str) -> ShownAnswer:
+        """Under ``reverse_answer``, the answer to an arithmetic prompt un-reversed (leading zeros dropped)."""
+        if not self.config.reverse_answer or not _TYPED_PROMPT.match(prompt):
+            return super().present_answer(prompt, answer)
+        return ShownAnswer(
+            text=unreverse_answer(answer, self.config.operator),
+            written=answer,
+            how_written="reversed, least-significant digit first",
+            shown_as="un-reversed",
+        )
+
     def check_answer(self, prompt: str | Sequence[int], generated_text: str) -> bool:
         """True iff the text generated after ``prompt`` is exactly the answer (up to ``<EOS>``).
 
@@ -988,6 +1018,15 @@ class AdditionGPTTask(PrebuiltSplitsTask, GenerativeTask):
             raise DataError(f"{text!r} has a digit outside base {cfg.base}") from None
         answer = generated_text.split("<EOS>", 1)[0].replace("<pad>", "")
         return answer == self.expected_answer(a, b, len(left))
+
+
+def unreverse_answer(text: str, operator: str) -> str:
+    """A reversed answer written most-significant digit first, leading zeros dropped
+    (for ``-`` the first character is the sign slot and stays first)."""
+    if operator == "-" and text:
+        sign, digits = text[0], text[1:][::-1].lstrip("0") or "0"
+        return f"-{digits}" if sign == "-" else digits
+    return text[::-1].lstrip("0") or "0"
 
 
 def _split_sizes(n: int, fractions: Sequence[float]) -> list[int]:

@@ -231,6 +231,29 @@ def pad_collate(examples: Sequence[Example], pad_token_id: int | None) -> Batch:
 
 # ---------------------------------------------------------------------- the Task interface
 @dataclass(frozen=True)
+class ShownAnswer:
+    """A generated answer as a person should read it (what :meth:`Task.present_answer` returns).
+
+    Attributes:
+        text: the answer in ordinary writing (e.g. most-significant digit first).
+        written: the answer as the model wrote it.
+        how_written: how the model's writing differs from ordinary writing,
+            e.g. ``"reversed, least-significant digit first"``; ``""`` when it does not.
+        shown_as: what was done to ``written`` to give ``text``, e.g. ``"un-reversed"``.
+    """
+
+    text: str
+    written: str
+    how_written: str = ""
+    shown_as: str = ""
+
+    @property
+    def changed(self) -> bool:
+        """Whether ``text`` is a rewriting of what the model wrote."""
+        return bool(self.how_written)
+
+
+@dataclass(frozen=True)
 class Prompt:
     """A generation problem for exact-match evaluation.
 
@@ -340,6 +363,37 @@ class Task(abc.ABC):
             **kwargs,
         )
 
+    # -------------------------------------------------------------- prompts and answers, for people
+    def format_prompt(self, text: str) -> str:
+        """``text``, typed by a person, written the way this task writes its prompts.
+
+        ``generate`` and the experiments call it before encoding a prompt, so
+        a user types ordinary text (e.g. ``12+5=``) whatever the task's format
+        (zero-padded, reversed, hinted operands). The default leaves it as is.
+        """
+        return text
+
+    def present_answer(self, prompt: str, answer: str) -> ShownAnswer:
+        """The model's ``answer`` to ``prompt`` (a formatted prompt) as a person should read it.
+
+        The default shows the answer as written; a task whose answers are
+        written in a training format (e.g. reversed digits) turns them back.
+        """
+        return ShownAnswer(text=answer, written=answer)
+
+    @classmethod
+    def for_prompts(cls, config: TaskConfig, tokenizer: Tokenizer | None) -> Task:
+        """This task without its splits: enough for :meth:`format_prompt` and :meth:`present_answer`.
+
+        What ``generate`` needs from a saved run, whose training data may be
+        gone or slow to rebuild; the tokenizer is the run's. The splits are
+        not built, so :meth:`dataset` raises on it.
+        """
+        task = cls.__new__(cls)
+        Task.__init__(task, config)
+        task.tokenizer = tokenizer
+        return task
+
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary: name, kind, config, split sizes, vocabulary size."""
         return {
@@ -363,9 +417,11 @@ class PrebuiltSplitsTask(Task):
 
     @property
     def split_names(self) -> tuple[str, ...]:
-        return tuple(self._datasets)
+        return tuple(getattr(self, "_datasets", None) or ())
 
     def dataset(self, split: str) -> Dataset:
+        if getattr(self, "_datasets", None) is None:
+            raise DataError(f"task {self.name!r} was made without its splits (Task.for_prompts); build it with build_task")
         self.check_split(split)
         return self._datasets[split]
 
@@ -405,6 +461,19 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
         return cls
 
     return add
+
+
+def task_for_prompts(options: Mapping[str, Any], tokenizer: Tokenizer | None) -> Task:
+    """The task a run's saved ``task`` options name (``name`` plus config fields), without its splits.
+
+    See :meth:`Task.for_prompts`. Raises ConfigError for an unknown task or option.
+    """
+    options = dict(options)
+    name = options.pop("name", None)
+    if name not in TASKS:
+        raise unknown_name("task", name, TASKS)
+    cls = TASKS[name]
+    return cls.for_prompts(make_config(cls.config_class, options), tokenizer)
 
 
 def build_task(name: str, config: TaskConfig | None = None, **options: Any) -> Task:
