@@ -1,17 +1,30 @@
-"""Assemble docs/results.md from the markdown tables the benchmarks wrote.
+"""Assemble docs/results.md from the markdown tables the benchmarks and experiments wrote.
 
     python benchmarks/results_page.py
+    python benchmarks/results_page.py --import-experiment runs/experiments/classify-ladder
 
 Every figure on the page is pasted from benchmarks/out/*.md, which the
-scripts named in each section write; nothing on the page is typed by hand.
+scripts named in each section write, or from an experiment's report.md
+(``scratchformer experiment NAME`` writes it); nothing on the page is typed
+by hand. ``--import-experiment DIR`` first copies a finished full
+experiment's report.md, results.json and plots into docs/experiments/NAME/,
+where the page takes them from.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
+EXPERIMENTS = ROOT / "docs" / "experiments"
+EXPERIMENT_ORDER = ["mlp-warmup", "classify-ladder", "addition-seq2seq", "addition-gpt", "shakespeare-char",
+                    "text-bpe", "addition-lengthgen"]
+"""The tutorials' order; experiments not named here follow alphabetically."""
 
 SECTIONS = [
     ("The default run", "default_run.md",
@@ -35,7 +48,50 @@ SECTIONS = [
 ]
 
 
+def import_experiment(source: Path) -> str:
+    """Copy a full experiment's report.md, results.json and plots/*.png into docs/experiments/NAME/."""
+    results_path = source / "results.json"
+    if not results_path.is_file() or not (source / "report.md").is_file():
+        raise SystemExit(f"{source} has no results.json and report.md; run `scratchformer experiment NAME` first")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    if results.get("quick"):
+        raise SystemExit(f"{source} holds a --quick run; the results page quotes full experiments only")
+    name = results["experiment"]
+    dest = EXPERIMENTS / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "plots").mkdir(parents=True)
+    shutil.copy2(source / "report.md", dest / "report.md")
+    shutil.copy2(results_path, dest / "results.json")
+    for png in sorted((source / "plots").glob("*.png")):
+        shutil.copy2(png, dest / "plots" / png.name)
+    print(f"imported {source} into {dest}")
+    return name
+
+
+def experiment_reports() -> list[str]:
+    """Each imported experiment's report.md, headings one level down and figure links pointing at
+    docs/experiments/NAME/, in the tutorials' order."""
+    if not EXPERIMENTS.is_dir():
+        return []
+    names = [d.name for d in EXPERIMENTS.iterdir() if (d / "report.md").is_file()]
+    names.sort(key=lambda n: (EXPERIMENT_ORDER.index(n) if n in EXPERIMENT_ORDER else len(EXPERIMENT_ORDER), n))
+    parts = []
+    for name in names:
+        text = (EXPERIMENTS / name / "report.md").read_text(encoding="utf-8").rstrip()
+        text = re.sub(r"^(#+) ", r"##\1 ", text, flags=re.MULTILINE)
+        text = text.replace("](plots/", f"](experiments/{name}/plots/")
+        parts += ["", text]
+    return parts
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--import-experiment", metavar="DIR", action="append", default=[],
+                        help="copy this finished full experiment's report into docs/experiments/ first")
+    args = parser.parse_args()
+    for source in args.import_experiment:
+        import_experiment(Path(source))
     parts = [
         "# Results",
         "",
@@ -47,6 +103,13 @@ def main() -> None:
         path = OUT / name
         parts += ["", f"## {title}", "", about, "", f"Command: `{command}`", ""]
         parts.append(path.read_text(encoding="utf-8").rstrip() if path.exists() else "_not measured yet_")
+    reports = experiment_reports()
+    if reports:
+        parts += ["", "## Experiments", "",
+                  "The tutorials' experiments, each one command (`scratchformer experiment NAME`; "
+                  "`scratchformer experiment --list`). Each report below is the experiment's own report.md, "
+                  "pasted by `python benchmarks/results_page.py --import-experiment runs/experiments/NAME`; "
+                  "its command, machine and wall time are at its top.", *reports]
     (ROOT / "docs" / "results.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
     print(f"wrote {ROOT / 'docs' / 'results.md'}")
     update_readme()

@@ -1,4 +1,4 @@
-"""The ``scratchformer`` command: train, eval, generate.
+"""The ``scratchformer`` command: train, eval, generate, experiment.
 
 Every subcommand has ``--help`` with examples. A bad input (a missing run
 directory, an unknown config key, an impossible value) prints one line
@@ -53,6 +53,19 @@ examples:
   scratchformer generate runs/shakespeare "ROMEO:" --num-beams 4
 
 For a reversed-answer arithmetic run the answer is shown un-reversed (and said so).
+"""
+
+EXPERIMENT_EPILOG = """\
+examples:
+  scratchformer experiment --list                      the built-in experiments, with rough times
+  scratchformer experiment classify-ladder --quick     the reduced version (about 30 s)
+  scratchformer experiment classify-ladder --seeds 5 train.steps=3000
+  scratchformer experiment my_experiment.toml          your own experiment file (format: docs/experiments.md)
+
+Writes runs/experiments/NAME (NAME-quick with --quick; --out DIR to choose): every variant's run
+directory under runs/, report.md (median and min-max over seeds), plots/*.png and results.json.
+Run the same command again to resume an interrupted experiment: finished runs are kept and a
+half-finished one continues from its last checkpoint. key=value overrides apply to every variant.
 """
 
 
@@ -138,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--best", action="store_true", help="use best.safetensors instead of model.safetensors")
     p.add_argument("--raw", action="store_true", help="print the model's output as is (no un-reversing)")
+
+    p = sub.add_parser(
+        "experiment",
+        help="run an experiment: every variant over seeds, evaluated, with a report",
+        description="Run a built-in experiment (by NAME) or your own (a .toml file): train every variant "
+        "for every seed, evaluate, and write report.md, plots and results.json.",
+        epilog=EXPERIMENT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    p.add_argument("items", nargs="*", metavar="NAME_OR_FILE [KEY=VALUE ...]",
+                   help="an experiment name (see --list) or .toml file, then key=value overrides for every run")
+    p.add_argument("--list", action="store_true", help="list the built-in experiments and exit")
+    p.add_argument("--quick", action="store_true", help="the reduced version (about 30 s), as CI runs it")
+    p.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 instead of the experiment's own")
+    p.add_argument("--out", metavar="DIR", help="the experiment directory (default runs/experiments/NAME[-quick])")
     return parser
 
 
@@ -368,6 +397,49 @@ def _task_info(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+# ---------------------------------------------------------------------- experiment
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments import builtin_files, load_experiment, run_experiment
+    from .experiments.report import fmt
+
+    if args.list:
+        if args.items:
+            raise _usage("--list takes no experiment name")
+        rows = []
+        for name in builtin_files():
+            exp = load_experiment(name)
+            rows.append((name, exp.description, exp.time, exp.quick_time))
+        width = max(len(r[0]) for r in rows)
+        print(f"{'name'.ljust(width)}  {'full':>7}  {'quick':>6}  what it is")
+        for name, about, full, quick in rows:
+            print(f"{name.ljust(width)}  {full:>7}  {quick:>6}  {about}")
+        return 0
+    if not args.items:
+        raise _usage("name an experiment (see `scratchformer experiment --list`) or give a .toml file")
+    target, overrides = args.items[0], args.items[1:]
+    if "=" in target:
+        raise _usage(f"the first argument must be an experiment name or .toml file, got the override {target!r}")
+    for item in overrides:
+        if "=" not in item:
+            raise _usage(f"{item!r} is not a key=value override (the experiment is named once, first)")
+    if args.seeds is not None and args.seeds < 1:
+        raise _usage(f"--seeds {args.seeds} must be >= 1")
+    experiment = load_experiment(target)
+    plan = experiment.plan(quick=args.quick, seeds=range(args.seeds) if args.seeds else None, overrides=overrides)
+    command = ["scratchformer", "experiment", *sys.argv[2:]] if sys.argv[1:2] == ["experiment"] else \
+        ["scratchformer", "experiment", target, *(["--quick"] if args.quick else []),
+         *([f"--seeds", str(args.seeds)] if args.seeds else []), *overrides]
+    results = run_experiment(plan, args.out, command=command,
+                             announce=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"{experiment.name}: {len(plan.runs)} runs in {fmt(results['wall_s'])} s")
+    target_result = results.get("target")
+    if target_result:
+        verdict = "met" if target_result["met"] else "NOT met"
+        print(f"target {verdict}: {target_result['metric']} of {target_result['variant']} = {fmt(target_result['value'])}")
+    print(f"report: {Path(results['out_dir']) / 'report.md'}")
+    return 0
+
+
 # ---------------------------------------------------------------------- entry point
 class _UsageError(ScratchformerError):
     pass
@@ -377,13 +449,17 @@ def _usage(message: str) -> _UsageError:
     return _UsageError(message)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "experiment": cmd_experiment}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 training failed, 2 bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "experiment" and not any(x.startswith("-") for x in extra):
+        args.items += extra  # overrides after an option: `experiment NAME --quick key=value`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()

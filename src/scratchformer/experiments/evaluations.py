@@ -1,0 +1,246 @@
+"""The evaluations an experiment file may name: a small registry.
+
+Two scopes:
+
+- ``run`` evaluations look at one finished run (one variant, one seed) and
+  return an :class:`Outcome`: scalar ``metrics`` (columns of the results table,
+  summarised as median and min–max over seeds), ``curves`` (x -> y, plotted one
+  line per variant, e.g. accuracy by length) and optional markdown ``text``.
+- ``experiment`` evaluations run once per experiment, after every run, and
+  return a :class:`Section` of the report (for measurements that are not a
+  training run, such as mlp-warmup's NumPy/PyTorch timing).
+
+Adding one is a function plus one line in :data:`EVALUATIONS`; its keyword
+arguments are the options an experiment file may give it (checked when the
+file is loaded, with a did-you-mean).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, did_you_mean, unknown_name
+from ..train.config import RunConfig
+
+
+@dataclass
+class RunContext:
+    """What a run evaluation may look at. ``run()`` and ``task()`` load lazily and cache."""
+
+    run_dir: Path
+    variant: str
+    seed: int
+    config: RunConfig
+    quick: bool
+    _run: Any = None
+    _task: Any = None
+
+    def run(self, weights: str = "model") -> Any:
+        """The run loaded back (``scratchformer.train.run.Run``: model in eval mode, tokenizer, config)."""
+        from ..train.run import load_run
+
+        if weights != "model":
+            return load_run(self.run_dir, weights=weights)
+        if self._run is None:
+            self._run = load_run(self.run_dir)
+        return self._run
+
+    def task(self) -> Any:
+        if self._task is None:
+            self._task = self.run().build_task()
+        return self._task
+
+    def trainer_results(self) -> dict[str, Any]:
+        return json.loads((self.run_dir / "results.json").read_text(encoding="utf-8"))
+
+
+@dataclass
+class Outcome:
+    """A run evaluation's result (see the module docstring)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, dict[float, float]] = field(default_factory=dict)
+    text: str = ""
+
+
+@dataclass
+class ExperimentContext:
+    """What an experiment evaluation may look at: the output directory, the plan, every run's directory."""
+
+    out_dir: Path
+    plan: Any
+    run_dirs: dict[str, Path]
+    quick: bool
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.out_dir / "plots"
+
+
+@dataclass
+class Section:
+    """A report section written by an experiment evaluation: markdown, figures for results.json, plot files
+    (relative to the experiment directory)."""
+
+    title: str
+    markdown: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Evaluation:
+    """A registered evaluation; ``check(**options)`` (optional) raises ConfigError for bad option values
+    when the experiment file is loaded."""
+
+    fn: Callable[..., Any]
+    scope: str  # "run" or "experiment"
+    about: str
+    check: Callable[..., None] | None = None
+
+
+# ---------------------------------------------------------------------- run evaluations
+def final_metrics(ctx: RunContext, splits: list[str] | None = None, metrics: list[str] | None = None) -> Outcome:
+    """The trainer's final metrics per evaluation split (columns "<split> <metric>"), and the training time."""
+    results = ctx.trainer_results()
+    out: dict[str, float] = {}
+    for split, values in results.get("splits", {}).items():
+        if splits is not None and split not in splits:
+            continue
+        for name, value in values.items():
+            if name == "examples" or (metrics is not None and name not in metrics):
+                continue
+            out[f"{split} {name}"] = float(value)
+    out["training s"] = float(results.get("elapsed_s", math.nan))
+    return Outcome(metrics=out)
+
+
+def parameters(ctx: RunContext) -> Outcome:
+    """The model's parameter count (column "parameters")."""
+    model = ctx.run().model
+    return Outcome(metrics={"parameters": float(sum(p.numel() for p in model.parameters()))})
+
+
+def _length_range(text: str) -> list[int]:
+    from ..tasks import parse_lengths
+
+    return list(parse_lengths("by_length groups", text))
+
+
+def _check_by_length(groups: list[str] | None = None, metric: str = "exact_match", **_: Any) -> None:
+    for group in groups or []:
+        _length_range(group)
+    if metric not in ("exact_match", "token_accuracy"):
+        raise ConfigError(f"by_length metric={metric!r} must be 'exact_match' or 'token_accuracy'")
+
+
+def by_length(ctx: RunContext, split: str = "test", groups: list[str] | None = None, metric: str = "exact_match",
+              max_per_length: int | None = None, batch_size: int = 256, label: str = "",
+              decoding: dict[str, Any] | None = None) -> Outcome:
+    """Accuracy per problem length on ``split`` (greedy decoding for generative tasks, the class for
+    classifiers; ``decoding``: options for ``generate``). ``groups`` are length ranges such as "11..15":
+    each becomes a column "<label or split> <range>", the example-weighted mean over those lengths;
+    the whole table is a curve "<label or split metric> by length", plotted one line per variant."""
+    from ..evaluate import evaluate_by_length
+
+    run = ctx.run()
+    task = ctx.task()
+    table = evaluate_by_length(run.model, task, split, tokenizer=run.tokenizer or task.tokenizer,
+                               batch_size=batch_size, max_per_length=max_per_length, **(decoding or {}))
+    name = label or split
+    values = {r.length: getattr(r, metric) for r in table.rows}
+    counts = {r.length: r.n for r in table.rows}
+    metrics = {}
+    for group in groups or []:
+        lengths = [n for n in _length_range(group) if n in values]
+        total = sum(counts[n] for n in lengths)
+        metrics[f"{name} {group}"] = sum(values[n] * counts[n] for n in lengths) / total if total else math.nan
+    curve = label or f"{split} {metric.replace('_', ' ')}"
+    return Outcome(metrics=metrics, curves={f"{curve} by length": values})
+
+
+def decoding_strategies(ctx: RunContext, strategies: dict[str, dict[str, Any]], split: str = "test",
+                        max_per_length: int | None = None, batch_size: int = 256, seed: int = 0) -> Outcome:
+    """Exact match of each named decoding strategy (options for ``generate``: ``{}`` is greedy,
+    ``{num_beams = 4}``, ``{do_sample = true, top_p = 0.9}``...) on ``split``: column "<strategy> exact match"."""
+    import torch
+
+    from ..evaluate import evaluate_by_length
+
+    run = ctx.run()
+    task = ctx.task()
+    metrics: dict[str, float] = {}
+    curves: dict[str, dict[float, float]] = {}
+    for name, options in strategies.items():
+        options = dict(options)
+        if options.get("do_sample"):
+            options["generator"] = torch.Generator().manual_seed(seed)
+        table = evaluate_by_length(run.model, task, split, tokenizer=run.tokenizer or task.tokenizer,
+                                   batch_size=batch_size, max_per_length=max_per_length, **options)
+        metrics[f"{name} exact match"] = table.summary()["exact_match"]
+        curves[f"{name} exact match by length"] = {r.length: r.exact_match for r in table.rows}
+    return Outcome(metrics=metrics, curves=curves)
+
+
+# ---------------------------------------------------------------------- the registry
+EVALUATIONS: dict[str, Evaluation] = {
+    "final_metrics": Evaluation(final_metrics, "run", "the trainer's final metrics per split, and training time"),
+    "parameters": Evaluation(parameters, "run", "the model's parameter count"),
+    "by_length": Evaluation(by_length, "run", "accuracy per problem length, with range columns", _check_by_length),
+    "decoding_strategies": Evaluation(decoding_strategies, "run", "exact match of several decoding strategies"),
+}
+
+
+def register_evaluation(name: str, scope: str, about: str, check: Callable[..., None] | None = None
+                        ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator adding a function to :data:`EVALUATIONS` (``scope`` "run" or "experiment")."""
+    if scope not in ("run", "experiment"):
+        raise ValueError(f"scope must be 'run' or 'experiment', got {scope!r}")
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        EVALUATIONS[name] = Evaluation(fn, scope, about, check)
+        return fn
+
+    return add
+
+
+def get_evaluation(name: str) -> Evaluation:
+    if name not in EVALUATIONS:
+        raise unknown_name("evaluation", name, EVALUATIONS)
+    return EVALUATIONS[name]
+
+
+def check_evaluation(spec: Any, where: str) -> None:
+    """ConfigError unless ``spec.name`` is registered and takes ``spec.options``."""
+    try:
+        evaluation = get_evaluation(spec.name)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    params = list(inspect.signature(evaluation.fn).parameters.values())[1:]  # after the context
+    names = [p.name for p in params]
+    for key in spec.options:
+        if key not in names:
+            raise ConfigError(f"{where}: evaluation {spec.name!r} has no option {key!r}{did_you_mean(key, names)}; "
+                              f"its options are {names}")
+    for p in params:
+        if p.default is inspect.Parameter.empty and p.name not in spec.options:
+            raise ConfigError(f"{where}: evaluation {spec.name!r} needs the option {p.name!r}")
+    if evaluation.check is not None:
+        try:
+            evaluation.check(**spec.options)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+def run_evaluation(spec: Any, ctx: Any) -> Any:
+    return get_evaluation(spec.name).fn(ctx, **spec.options)
+
+
+def evaluations_in_scope(specs: list[Any], scope: str) -> list[Any]:
+    return [s for s in specs if get_evaluation(s.name).scope == scope]
