@@ -208,3 +208,35 @@ def test_generate_help_lists_every_decoding_option(capsys):
                  "--num-return-sequences", "--repetition-penalty", "--no-repeat-ngram-size", "--length-penalty",
                  "--early-stopping", "--no-cache", "--stream", "--seed"]:
         assert flag in out, flag
+
+
+def test_run_config_holds_typed_model_and_task_configs():
+    from scratchformer.models import GPTConfig
+    from scratchformer.tasks import TASKS
+    from scratchformer.train.config import resolve_config
+
+    cfg = resolve_config(None, ["model.norm_first=False", "model.bias=TRUE", "task.reverse_answer=0", "name=2024"])
+    assert isinstance(cfg.model, GPTConfig) and cfg.arch == "gpt"
+    assert isinstance(cfg.task, TASKS["addition_gpt"].config_class) and cfg.task_name == "addition_gpt"
+    assert cfg.model.norm_first is False and cfg.model.bias is True and cfg.task.reverse_answer is False
+    assert cfg.name == "2024"  # a string field takes the text as written
+    # the JSON form round-trips, and the model section holds only what was given (the task fills the rest)
+    assert type(cfg).from_dict(cfg.to_dict()) == cfg
+    assert set(cfg.to_dict()["model"]) == {"arch", "d_model", "n_head", "n_layer", "norm_first", "bias"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.norm_first=False", None), ("model.bias=nope", "model.bias='nope' is not a bool"),
+    ("model.norm_eps=abc", "model.norm_eps='abc' is not a float or None"),
+    ("model.init_std=-1", "init_std=-1.0 must be > 0"), ("model.init_std=abc", "model.init_std='abc' is not a float"),
+    ("train.lr=NaN", "train.lr=nan is not a float (it must be finite)"),
+    ("seed=100000000000000000000000", "seed=100000000000000000000000 is not an int"),
+    ("seed=-1", "seed=-1 must be an integer in [0, 2**63)"),
+    ("name=..", "name='..' cannot name a run directory"), ("name=a/b", "name='a/b' cannot name a run directory"),
+])
+def test_print_config_parses_each_value_by_its_type(capsys, override, message):
+    code, out, err = run(capsys, "train", override, "--print-config")
+    if message is None:
+        assert code == 0 and json.loads(out)["model"]["norm_first"] is False
+    else:
+        assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, err

@@ -56,8 +56,8 @@ def test_sizes_must_be_positive(field, value):
 
 
 def test_sizes_must_be_integers():
-    raises(r"d_model.*positive integer", d_model=16.0)
-    raises(r"n_layer.*positive integer", n_layer=True)
+    raises(r"d_model=16.0 is not an int", d_model=16.0)
+    raises(r"n_layer=True is not an int", n_layer=True)
 
 
 @pytest.mark.parametrize("value", [1.0, -0.1, 1.5])
@@ -147,3 +147,48 @@ def test_mlp_config_errors():
 def test_errors_are_value_errors_and_base_config_validates_too():
     with pytest.raises(ValueError, match="n_head"):
         TransformerConfig(d_model=10, n_head=4)
+
+
+# ---------------------------------------------------------------------- strict parsing by declared type
+@pytest.mark.parametrize("text, expected", [("true", True), ("FALSE", False), ("True", True), ("0", False),
+                                            ("1", True), (1, True), (0, False), (False, False)])
+def test_booleans_parse_only_from_true_false_one_zero(text, expected):
+    assert GPTConfig(**OK, bias=text).bias is expected
+
+
+@pytest.mark.parametrize("value", ["nope", "yes", "", 2, -1, 0.0, "false ish", None, [True]])
+def test_anything_else_is_not_a_boolean(value):
+    message = raises(r"bias=.* is not a bool", bias=value)
+    assert repr(value) in message  # names the field, the value and the type
+
+
+@pytest.mark.parametrize("field, value, kind", [
+    ("norm_eps", "abc", "a float or None"), ("init_std", "abc", "a float"), ("init_std", float("nan"), "a float"),
+    ("init_std", float("inf"), "a float"), ("d_model", "16.5", "an int"), ("d_model", 2**63, "an int"),
+    ("positional", 3, "a str"), ("attn_impl", "fast", "one of ['fused', 'reference']"),
+    ("positional_options", [1], "a table/dict"),
+])
+def test_type_mismatch_names_field_value_and_type(field, value, kind):
+    message = raises(rf"{field}=", **{field: value})
+    assert repr(value) in message and kind in message, message
+
+
+def test_impossible_init_std_and_norm_eps():
+    raises(r"init_std=-1.0 must be > 0", init_std=-1)
+    raises(r"norm_eps=0.0 must be > 0", norm_eps=0)
+
+
+def test_from_dict_names_the_section_key_and_task_configs_share_the_base():
+    from scratchformer.config import Config
+    from scratchformer.tasks import TASKS
+    from scratchformer.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"model\.tie_embeddings='maybe' is not a bool"):
+        GPTConfig.from_dict({**OK, "tie_embeddings": "maybe"}, where="model")
+    with pytest.raises(ConfigError, match=r"train\.lr=nan is not a float \(it must be finite\)"):
+        TrainConfig.from_dict({"lr": float("nan")}, where="train")
+    assert GPTConfig.from_dict({**OK, "tie_embeddings": "false"}).tie_embeddings is False
+    for cls in TASKS.values():  # one config base for models, tasks and training
+        assert issubclass(cls.config_class, Config)
+    with pytest.raises(ConfigError, match=r"task\.reverse_answer='nope' is not a bool"):
+        TASKS["addition_gpt"].config_class.from_dict({"reverse_answer": "nope"}, where="task")

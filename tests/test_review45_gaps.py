@@ -25,7 +25,7 @@ from scratchformer.generate import generate
 from scratchformer.models import GPT, EncoderDecoder, EncoderDecoderConfig
 from scratchformer.tasks import build_task
 from scratchformer.train import build_optimizer, evaluate_split, latest_checkpoint, resolve_config, train
-from scratchformer.train.run import build_model
+from scratchformer.train.run import build_model, build_run
 
 torch.set_num_threads(2)
 
@@ -281,9 +281,8 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     from scratchformer.train.trainer import seed_everything
 
     seed_everything(cfg.seed)  # the trainer's own start, so `before` is its initial model
-    task = build_task(cfg.task["name"], **{k: v for k, v in cfg.task.items() if k != "name"})
     # named_parameters lists a tied weight once, so it is counted once in the norm
-    before = {k: v.detach().clone() for k, v in build_model(cfg.model, task)[0].named_parameters()}
+    before = {k: v.detach().clone() for k, v in build_run(cfg)[1].named_parameters()}
     result = train(cfg)
     after = load_file(str(Path(result.run_dir) / "model.safetensors"))
     moved = math.sqrt(sum(float((after[k] - before[k]).pow(2).sum()) for k in after if k in before))

@@ -282,7 +282,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .errors import ConfigError
-    from .tasks import task_for_prompts
     from .train.run import load_run, read_run_config
 
     read_run_config(args.run_dir)
@@ -294,7 +293,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.run_dir} has no tokenizer.json, so text prompts cannot be encoded")
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    task = task_for_prompts(run.config.task, tok)
+    task = run.task_for_prompts()
     prompt = task.format_prompt(args.prompt)
     ids = tok.encode(prompt)
     unk = getattr(tok, "unk_token_id", None)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import load_json, save_json
+from .io import load_json, save_json
 from .errors import CheckpointError, ConfigError, DataError
 from .generate import best_of_n, generate
 

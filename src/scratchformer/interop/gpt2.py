@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from ..config import atomic_write_bytes, load_json, save_json
+from ..io import atomic_write_bytes, load_json, save_json
 from ..errors import CheckpointError, ConfigError
 from ..models.config import GPTConfig
 from ..models.gpt import GPT

@@ -45,6 +45,7 @@ class TransformerConfig(Config):
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._positive("vocab_size", "d_model", "n_head", "n_layer", "max_len")
         if self.d_ff == 0:
             self.d_ff = 4 * self.d_model
@@ -55,6 +56,10 @@ class TransformerConfig(Config):
                 f"choose n_head among {[h for h in range(1, self.d_model + 1) if self.d_model % h == 0][:8]}..."
             )
         self._probability("dropout")
+        if self.init_std <= 0:
+            raise ConfigError(f"{type(self).__name__}.init_std={self.init_std} must be > 0 (GPT-2 uses 0.02)")
+        if self.norm_eps is not None and self.norm_eps <= 0:
+            raise ConfigError(f"{type(self).__name__}.norm_eps={self.norm_eps} must be > 0, or null for the norm's default")
         self._choice("positional", POSITIONAL)
         self._choice("norm", NORMS)
         self._choice("activation", ACTIVATIONS)
@@ -141,6 +146,7 @@ class MLPConfig(Config):
     out_dim: int = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._positive("in_dim", "out_dim")
         for i, h in enumerate(self.hidden_dims):
             if not isinstance(h, int) or h <= 0:

@@ -28,7 +28,6 @@ from scratchformer.tasks.base import (
     Prompt,
     ShownAnswer,
     TaskConfig,
-    check_positive_int,
     check_split_fractions,
     register_task,
 )
@@ -105,8 +104,8 @@ def _check_per_length_config(config: Any, problem: str, operator: str) -> None:
     config.test_lengths = parse_lengths("test_lengths", config.test_lengths)
     _check_base(config.base)
     _check_policy(config.if_too_few)
-    check_positive_int("train_examples_per_length", config.train_examples_per_length)
-    check_positive_int("test_examples_per_length", config.test_examples_per_length)
+    config._at_least("train_examples_per_length", 1)
+    config._at_least("test_examples_per_length", 1)
     for name in ("train_lengths", "test_lengths"):
         for length in getattr(config, name):
             if length <= 2:
@@ -722,10 +721,10 @@ class AdditionGPTConfig(TaskConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_base(self.base)
-        check_positive_int("max_digits", self.max_digits)
+        self._at_least("max_digits", 1)
         if self.min_digits is None:
             self.min_digits = self.max_digits
-        check_positive_int("min_digits", self.min_digits)
+        self._at_least("min_digits", 1)
         if self.min_digits > self.max_digits:
             raise ConfigError(f"min_digits={self.min_digits} > max_digits={self.max_digits}; swap them")
         if self.operator not in ("+", "-", "*"):
@@ -738,7 +737,7 @@ class AdditionGPTConfig(TaskConfig):
                 f"max_digits={self.max_digits} is too many digits for {self.operator!r} in base {self.base} "
                 f"(int64 arithmetic); use max_digits <= {limit}"
             )
-        check_positive_int("num_examples", self.num_examples)
+        self._at_least("num_examples", 1)
         self.split_fractions = check_split_fractions(self.split_fractions)
 
 

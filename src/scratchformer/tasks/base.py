@@ -52,7 +52,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from scratchformer.errors import ConfigError, DataError, did_you_mean, unknown_name
+from scratchformer.config import Config
+from scratchformer.errors import ConfigError, DataError, unknown_name
 
 if TYPE_CHECKING:
     from scratchformer.tokenizers.base import Tokenizer
@@ -84,22 +85,15 @@ PAD_VALUES: dict[str, int] = {
 
 # ---------------------------------------------------------------------- configs
 @dataclass
-class TaskConfig:
+class TaskConfig(Config):
     """Base of every task config: a seed. Subclasses add typed fields and check them.
 
-    ``__post_init__`` of a subclass should call ``super().__post_init__()``
-    and raise ConfigError naming the field and the fix.
+    Fields are parsed by their declared types (see :class:`scratchformer.config.Config`);
+    ``__post_init__`` of a subclass calls ``super().__post_init__()`` first, then
+    raises ConfigError naming the field and the fix.
     """
 
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed={self.seed!r} must be an int")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (tuples become lists)."""
-        return dataclasses.asdict(self)
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -128,18 +122,6 @@ def check_split_fractions(fractions: Sequence[float], name: str = "split_fractio
     if checked[0] == 0:
         raise ConfigError(f"{name} gives the train split nothing; its first entry must be > 0")
     return checked  # type: ignore[return-value]
-
-
-def make_config(config_cls: type[TaskConfig], options: Mapping[str, Any]) -> TaskConfig:
-    """Build ``config_cls(**options)``, with a did-you-mean ConfigError for unknown option names."""
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    for key in options:
-        if key not in fields:
-            raise ConfigError(
-                f"unknown option {key!r} for {config_cls.__name__}{did_you_mean(key, fields)}; "
-                f"valid options are {sorted(fields)}"
-            )
-    return config_cls(**options)
 
 
 # ---------------------------------------------------------------------- datasets
@@ -473,7 +455,7 @@ def task_for_prompts(options: Mapping[str, Any], tokenizer: Tokenizer | None) ->
     if name not in TASKS:
         raise unknown_name("task", name, TASKS)
     cls = TASKS[name]
-    return cls.for_prompts(make_config(cls.config_class, options), tokenizer)
+    return cls.for_prompts(cls.config_class.from_dict(options, where="task"), tokenizer)
 
 
 def build_task(name: str, config: TaskConfig | None = None, **options: Any) -> Task:
@@ -494,5 +476,5 @@ def build_task(name: str, config: TaskConfig | None = None, **options: Any) -> T
     if config is not None and options:
         raise ConfigError(f"pass either config or options to build_task({name!r}), not both")
     if config is None:
-        config = make_config(cls.config_class, options)
+        config = cls.config_class.from_dict(options, where="task")
     return cls(config)

@@ -28,7 +28,6 @@ from scratchformer.tasks.base import (
     ExampleDataset,
     PrebuiltSplitsTask,
     TaskConfig,
-    check_positive_int,
     check_split_fractions,
     register_task,
 )
@@ -132,8 +131,8 @@ class TextClassificationConfig(TaskConfig):
         if not self.path:
             raise ConfigError("text_classification needs path=<a .csv or .jsonl file>")
         self.split_fractions = check_split_fractions(self.split_fractions)
-        check_positive_int("max_length", self.max_length, minimum=2)
-        check_positive_int("vocab_size", self.vocab_size)
+        self._at_least("max_length", 2)
+        self._at_least("vocab_size", 1)
 
 
 @register_task("text_classification")

@@ -14,7 +14,6 @@ from scratchformer.tasks.base import (
     ExampleDataset,
     PrebuiltSplitsTask,
     TaskConfig,
-    check_positive_int,
     check_split_fractions,
     register_task,
 )
@@ -42,8 +41,8 @@ class RegressionConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("num_examples", self.num_examples)
-        check_positive_int("dim", self.dim)
+        self._at_least("num_examples", 1)
+        self._at_least("dim", 1)
         if not isinstance(self.noise, (int, float)) or self.noise < 0:
             raise ConfigError(f"noise={self.noise!r} must be a number >= 0")
         self.split_fractions = check_split_fractions(self.split_fractions)

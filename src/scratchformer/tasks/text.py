@@ -30,7 +30,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from scratchformer.errors import ConfigError, DataError
-from scratchformer.tasks.base import Example, PrebuiltSplitsTask, TaskConfig, check_positive_int, register_task
+from scratchformer.tasks.base import Example, PrebuiltSplitsTask, TaskConfig, register_task
 from scratchformer.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -283,12 +283,12 @@ class TextLMConfig(TaskConfig):
         if not self.path:
             raise ConfigError("text_lm needs path=<a UTF-8 text file>")
         self.path = str(self.path)
-        check_positive_int("block_size", self.block_size, minimum=2)
-        check_positive_int("vocab_size", self.vocab_size)
+        self._at_least("block_size", 2)
+        self._at_least("vocab_size", 1)
         if not isinstance(self.val_fraction, (int, float)) or not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction!r} must be in [0, 1)")
         if self.train_blocks is not None:
-            check_positive_int("train_blocks", self.train_blocks)
+            self._at_least("train_blocks", 1)
 
 
 @register_task("text_lm")
@@ -432,10 +432,10 @@ class TextLinesLMConfig(TaskConfig):
         super().__post_init__()
         if (self.path is None) == (self.wikitext is None):
             raise ConfigError("text_lines_lm needs exactly one of path=<file> or wikitext=<config name>")
-        check_positive_int("max_length", self.max_length, minimum=2)
-        check_positive_int("vocab_size", self.vocab_size)
+        self._at_least("max_length", 2)
+        self._at_least("vocab_size", 1)
         if self.max_lines is not None:
-            check_positive_int("max_lines", self.max_lines)
+            self._at_least("max_lines", 1)
         if not isinstance(self.val_fraction, (int, float)) or not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction!r} must be in [0, 1)")
 

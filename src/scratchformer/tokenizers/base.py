@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from scratchformer.config import atomic_write_text
+from scratchformer.io import atomic_write_text
 from scratchformer.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..config import atomic_write_bytes, load_json, save_json
+from ..io import atomic_write_bytes, load_json, save_json
 from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,24 @@ def tensors_to_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str,
         key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
         out[name] = t.clone().contiguous() if key in seen or not t.is_contiguous() else t
         seen.add(key)
-    return st_save(out, metadata=dict(metadata or {}))
+    return _sorted_header(st_save(out, metadata=dict(metadata or {})))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys in sorted order.
+
+    The writer emits the metadata table in a hash-map order that changes from
+    one process to the next, so two identical runs would write different bytes;
+    sorting fixes the order. The header keeps its length (a JSON re-dump
+    without spaces is never longer; it is padded with spaces to the old
+    length, which keeps the tensor data where the offsets say it is).
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # cannot happen for the writer's compact JSON; keep its bytes rather than break the file
+        return data
+    return data[:8] + text.ljust(n, b" ") + data[8 + n :]
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:

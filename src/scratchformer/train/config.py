@@ -21,13 +21,18 @@ import copy
 import dataclasses
 import json
 import tomllib
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..config import Config
+from ..config import INT_LIMIT, Config, parse_typed
 from ..errors import ConfigError, did_you_mean, unknown_name
+
+if TYPE_CHECKING:
+    from ..tasks.base import TaskConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
 Distributed = Literal["ddp", "fsdp"]
@@ -113,6 +118,7 @@ class TrainConfig(Config):
     out_dir: str = "runs"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._positive("steps", "batch_size", "grad_accum", "eval_batch_size", "log_every", "keep_checkpoints")
         for name in ("eval_every", "checkpoint_every", "eval_max_examples", "warmup_steps", "threads"):
             value = getattr(self, name)
@@ -143,53 +149,115 @@ class TrainConfig(Config):
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run: ``model`` and ``task`` are plain dicts
-    (``arch``/``name`` plus that class's fields), checked by :func:`check_run_config`."""
+    """Everything that defines a run, typed.
 
-    model: dict[str, Any]
-    task: dict[str, Any]
+    Attributes:
+        arch: the architecture, a key of ``scratchformer.models.MODELS``.
+        model: the architecture's config (``GPTConfig``, ...). Fields the user
+            left out hold class defaults until :meth:`with_model` fills them
+            from the task (vocabulary size, context length, pad id, ...).
+        model_given: the model fields the user set; the others may come from the task.
+        task_name: the task, a key of ``scratchformer.tasks.TASKS``.
+        task: the task's config (``AdditionGPTConfig``, ...).
+        train: the training options.
+        seed: seeds everything (0 <= seed < 2**63).
+        name: the run directory's name under ``train.out_dir`` (None: a timestamp).
+
+    The JSON form (config.json, ``--print-config``) nests ``arch`` in
+    ``model`` and ``name`` in ``task``; ``model`` holds only ``model_given``.
+    """
+
+    arch: str
+    model: Config
+    task_name: str
+    task: TaskConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     name: str | None = None
+    model_given: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        model = self.model.to_dict()
         return {
-            "model": dict(self.model),
-            "task": dict(self.task),
+            "model": {"arch": self.arch, **{k: model[k] for k in model if k in self.model_given}},
+            "task": {"name": self.task_name, **self.task.to_dict()},
             "train": self.train.to_dict(),
             "seed": self.seed,
             "name": self.name,
         }
 
+    def with_model(self, model: Config) -> RunConfig:
+        """This config with a complete model config (every field given)."""
+        return dataclasses.replace(self, model=model, model_given=tuple(model.to_dict()))
+
+    def given_model_options(self) -> dict[str, Any]:
+        """The model fields the user set, by name."""
+        return {k: getattr(self.model, k) for k in self.model_given}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        """Build and check a RunConfig; unknown keys anywhere are ConfigErrors with a did-you-mean."""
+        """Build and check a RunConfig, every value parsed by its declared type.
+
+        Raises:
+            ConfigError: an unknown key anywhere (with a did-you-mean), a value of
+                the wrong type (naming the key, the value and the type), or an
+                impossible value.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a run config must be a table/object, got {data!r}")
         data = dict(data)
         for key in data:
             if key not in TOP_LEVEL_KEYS:
-                raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, TOP_LEVEL_KEYS)}; "
+                raise ConfigError(f"unknown config key {key!r}{did_you_mean(str(key), TOP_LEVEL_KEYS)}; "
                                   f"top-level keys are {list(TOP_LEVEL_KEYS)}")
-        for section in ("model", "task"):
-            if not isinstance(data.get(section), Mapping):
+        for section in ("model", "task", "train"):
+            if not isinstance(data.get(section, {}), Mapping):
                 raise ConfigError(f"config section {section!r} must be a table/dict, got {data.get(section)!r}")
-        train = data.get("train", {})
-        if not isinstance(train, Mapping):
-            raise ConfigError(f"config section 'train' must be a table/dict, got {train!r}")
-        seed = data.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed={seed!r} must be an integer")
-        name = data.get("name")
-        if name is not None and (not isinstance(name, str) or not name or "/" in name):
-            raise ConfigError(f"name={name!r} must be a non-empty string without '/' (it names the run directory)")
-        cfg = cls(
-            model=dict(data["model"]),
-            task=dict(data["task"]),
-            train=TrainConfig.from_dict(dict(train)),
+        model = dict(data.get("model", {}))
+        task = dict(data.get("task", {}))
+        arch = model.pop("arch", None)
+        task_name = task.pop("name", None)
+        model_cls, model_config_cls = model_classes(arch)  # unknown arch / task name: a did-you-mean error first
+        task_cls = task_class(task_name)
+        _check_section_keys("model", model, model_config_cls, "arch")
+        _check_section_keys("task", task, task_cls.config_class, "name")
+        seed = parse_typed(data.get("seed", 0), int, "seed")
+        if not 0 <= seed < INT_LIMIT:
+            raise ConfigError(f"seed={seed} must be an integer in [0, 2**63)")
+        name = parse_typed(data.get("name"), str | None, "name")
+        if name is not None:
+            check_run_name(name)
+        return cls(
+            arch=arch,
+            model=model_config_cls.from_dict(model, where="model"),
+            task_name=task_name,
+            task=task_cls.config_class.from_dict(task, where="task"),
+            train=TrainConfig.from_dict(data.get("train", {}), where="train"),
             seed=seed,
             name=name,
+            model_given=tuple(model),
         )
-        check_run_config(cfg)
-        return cfg
+
+
+def check_run_name(name: str) -> None:
+    """ConfigError unless ``name`` can name one directory under ``train.out_dir``."""
+    bad = next((c for c in name if c in "/\\\0" or not c.isprintable()), None)
+    if not name.strip() or set(name) <= {"."} or bad is not None or len(name.encode("utf-8")) > 200:
+        why = (f"it holds {bad!r}" if bad is not None else "it is too long (over 200 bytes)"
+               if len(name.encode("utf-8")) > 200 else "it is empty or only dots")
+        raise ConfigError(f"name={name!r} cannot name a run directory: {why}; use letters, digits, '-', '_' "
+                          "(a path belongs in --run-dir or train.out_dir)")
+
+
+def _check_section_keys(section: str, options: Mapping[str, Any], config_cls: type, ident: str) -> None:
+    valid = [ident, *config_cls.field_names()]
+    for key in options:
+        if key not in valid:
+            dotted = [f"{section}.{k}" for k in valid]
+            raise ConfigError(
+                f"unknown config key '{section}.{key}'{did_you_mean(f'{section}.{key}', dotted)}; "
+                f"valid {section} keys for this {'arch' if section == 'model' else 'task'}: {valid}"
+            )
 
 
 TOP_LEVEL_KEYS = ("model", "task", "train", "seed", "name")
@@ -249,8 +317,8 @@ def task_class(name: Any) -> type:
 
 def section_keys(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
     """Valid keys of each section for the chosen arch and task (for did-you-mean)."""
-    model = cfg.get("model", {})
-    task = cfg.get("task", {})
+    model = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
+    task = cfg.get("task") if isinstance(cfg.get("task"), Mapping) else {}
     keys: dict[str, list[str]] = {"train": [f.name for f in dataclasses.fields(TrainConfig)]}
     try:
         _, mcfg = model_classes(model.get("arch"))
@@ -265,21 +333,6 @@ def section_keys(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
     return keys
 
 
-def check_run_config(cfg: RunConfig) -> None:
-    """Check every model and task key against its dataclass (without building anything big)."""
-    model_classes(cfg.model.get("arch"))  # unknown arch / task name: a did-you-mean error first
-    task_class(cfg.task.get("name"))
-    keys = section_keys({"model": cfg.model, "task": cfg.task})
-    for section, values in (("model", cfg.model), ("task", cfg.task)):
-        for key in values:
-            if key not in keys[section]:
-                valid = [f"{section}.{k}" for k in keys[section]]
-                raise ConfigError(
-                    f"unknown config key '{section}.{key}'{did_you_mean(f'{section}.{key}', valid)}; "
-                    f"valid {section} keys for this {'arch' if section == 'model' else 'task'}: {keys[section]}"
-                )
-
-
 # ---------------------------------------------------------------------- files and overrides
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML (``.toml``) or JSON (``.json``) config file into a dict.
@@ -291,7 +344,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                          "save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror or e}") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -345,10 +404,11 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         key = key.strip()
         if not eq or not key:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.steps=1000)")
-        pending.append((key.split("."), parse_value(raw), key))
+        pending.append((key.split("."), raw, key))
     # identity keys first, so model.arch=... decides which fields model.* may use
     pending.sort(key=lambda p: p[0] not in (["model", "arch"], ["task", "name"]))
-    for parts, value, key in pending:
+    for parts, raw, key in pending:
+        value = _parse_override(raw, parts, out)
         if len(parts) == 1:
             if parts[0] not in ("seed", "name"):
                 raise _unknown_key(key, out)
@@ -364,12 +424,34 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         if parts[1] not in valid:
             raise _unknown_key(key, out)
         target = out.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"override {key!r}: config section {section!r} is {target!r}, not a table")
         for p in parts[1:-1]:  # train.optimizer_options.momentum=0.9
             target = target.setdefault(p, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"override {key!r}: {p!r} is not a table")
         target[parts[-1]] = value
     return out
+
+
+def _parse_override(raw: str, parts: list[str], data: Mapping[str, Any]) -> Any:
+    """A command-line value: the text itself for a string field (``name=2024`` names a run "2024"),
+    else a JSON literal or the text (:func:`parse_value`); the field's type is checked later."""
+    if parts == ["name"]:
+        return None if raw == "null" else raw
+    if len(parts) != 2 or parts[1] in ("arch", "name"):
+        return parse_value(raw)
+    try:
+        cls = {"train": lambda: TrainConfig,
+               "model": lambda: model_classes(data["model"].get("arch"))[1],
+               "task": lambda: task_class(data["task"].get("name")).config_class}[parts[0]]()
+        tp = typing.get_type_hints(cls)[parts[1]]
+    except (KeyError, AttributeError, ConfigError):
+        return parse_value(raw)
+    if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                     and set(typing.get_args(tp)) == {str, type(None)}):
+        return None if raw == "null" and tp is not str else raw
+    return parse_value(raw)
 
 
 def _unknown_key(key: str, data: Mapping[str, Any]) -> ConfigError:

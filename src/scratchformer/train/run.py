@@ -10,6 +10,8 @@ from typing import Any
 
 from torch import nn
 
+from ..config import Config
+from ..io import load_json
 from ..errors import CheckpointError, ConfigError
 from ..tasks import build_task
 from ..tasks.base import Task
@@ -62,20 +64,87 @@ def task_context_length(task: Task) -> int | None:
     return longest or None
 
 
+def model_config_for(arch: str, given: dict[str, Any], task: Task) -> Config:
+    """The complete model config of ``arch`` for ``task``: the ``given`` options, and for every
+    option left out, what the task determines (:func:`derived_model_options`) or the class default.
+
+    Raises:
+        ConfigError: an invalid option, a context shorter than the task's
+            longest sequence, or a model too big for this machine's memory.
+    """
+    _, config_cls = model_classes(arch)
+    config = config_cls.from_dict({**derived_model_options(arch, task), **given}, where="model")
+    context = task_context_length(task) if arch in ("gpt", "encoder_classifier") else None
+    if context and config.max_len < context:
+        raise ConfigError(
+            f"model.max_len={config.max_len} is shorter than the task's longest sequence ({context} tokens); "
+            f"use model.max_len >= {context}, or leave it out to take it from the task"
+        )
+    check_model_fits_memory(config)
+    return config
+
+
+def parameter_count(config: Config) -> int:
+    """Roughly how many numbers a model of ``config`` holds (embeddings, positions, blocks, head)."""
+    c = config.to_dict()
+    if "d_model" not in c:
+        dims = [c["in_dim"], *c["hidden_dims"], c["out_dim"]]
+        return sum(a * b + b for a, b in zip(dims, dims[1:]))
+    d, d_ff = c["d_model"], c["d_ff"] or 4 * c["d_model"]
+    layers = c["n_layer"] + c.get("n_encoder_layer", 0) + c.get("n_decoder_layer", 0)
+    vocab = c["vocab_size"] + c.get("src_vocab_size", 0) + 2 * c.get("tgt_vocab_size", 0)
+    return vocab * d + 2 * c["max_len"] * d + layers * (4 * d * d + 2 * d * d_ff + 8 * d)
+
+
+def check_model_fits_memory(config: Config) -> None:
+    """ConfigError if the model's weights alone (float32) would not fit in this machine's memory."""
+    need = 4 * parameter_count(config)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        sizes = {k: v for k, v in config.to_dict().items()
+                 if k in ("max_len", "vocab_size", "d_model", "d_ff", "n_layer") and isinstance(v, int)}
+        raise ConfigError(
+            f"the model would need about {need / 2**30:.0f} GiB for its weights alone, more than this machine's "
+            f"{have / 2**30:.0f} GiB ({', '.join(f'model.{k}={v}' for k, v in sizes.items())}); make it smaller"
+        )
+
+
+def build_run(cfg: RunConfig) -> tuple[Task, nn.Module, RunConfig]:
+    """Build the task and the model ``cfg`` describes; checks that they fit each other first.
+
+    Returns the task, the model, and the effective run config: ``cfg`` with the
+    complete model config (what config.json records).
+    """
+    task = build_task(cfg.task_name, cfg.task)
+    check_task_fits_model(cfg.arch, task)
+    model_config = model_config_for(cfg.arch, cfg.given_model_options(), task)
+    model_cls, _ = model_classes(cfg.arch)
+    return task, _construct(model_cls, model_config), cfg.with_model(model_config)
+
+
+def _construct(model_cls: type[nn.Module], config: Config) -> nn.Module:
+    try:
+        return model_cls(config)
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
+            raise
+        raise ConfigError(f"not enough memory to build the model ({e}); make it smaller") from None
+
+
 def build_model(model_options: dict[str, Any], task: Task) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model ``model_options`` describes (``arch`` + config fields) for ``task``.
 
     Options the task determines fill in what ``model_options`` leaves out.
-    Returns the model and its full options (``arch`` + every config field),
-    which is what config.json records.
+    Returns the model and its full options (``arch`` + every config field).
     """
     options = dict(model_options)
     arch = options.pop("arch", None)
-    model_cls, config_cls = model_classes(arch)
-    for key, value in derived_model_options(arch, task).items():
-        options.setdefault(key, value)
-    config = config_cls.from_dict(options)
-    return model_cls(config), {"arch": arch, **config.to_dict()}
+    model_cls, _ = model_classes(arch)
+    config = model_config_for(arch, options, task)
+    return _construct(model_cls, config), {"arch": arch, **config.to_dict()}
 
 
 def check_task_fits_model(arch: str, task: Task) -> None:
@@ -109,12 +178,17 @@ class Run:
 
     @property
     def arch(self) -> str:
-        return self.config.model["arch"]
+        return self.config.arch
 
     def build_task(self) -> Task:
         """Rebuild the run's task (deterministic from its options, so the same splits)."""
-        options = {k: v for k, v in self.config.task.items() if k != "name"}
-        return build_task(self.config.task["name"], **options)
+        return build_task(self.config.task_name, self.config.task)
+
+    def task_for_prompts(self) -> Task:
+        """The run's task without its splits, for formatting prompts and presenting answers."""
+        from ..tasks import TASKS
+
+        return TASKS[self.config.task_name].for_prompts(self.config.task, self.tokenizer)
 
 
 def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
@@ -125,10 +199,10 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
     path = run_dir / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{str(run_dir)!r} is not a scratchformer run directory (no config.json)")
+    data = load_json(path, "run config")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         return RunConfig.from_dict(data)
-    except (json.JSONDecodeError, ConfigError, AttributeError, TypeError) as e:
+    except ConfigError as e:
         raise CheckpointError(f"{str(path)!r} is not a valid scratchformer run config: {e}") from None
 
 
@@ -147,13 +221,9 @@ def load_run(run_dir: str | os.PathLike, weights: str = "model") -> Run:
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    options = dict(config.model)
-    arch = options.pop("arch")
-    model_cls, config_cls = model_classes(arch)
-    try:
-        model = model_cls(config_cls.from_dict(options))
-    except ConfigError as e:
-        raise CheckpointError(f"{str(run_dir / 'config.json')!r} has an invalid model config: {e}") from None
+    arch = config.arch
+    model_cls, _ = model_classes(arch)
+    model = _construct(model_cls, config.model)
     path = {"model": run_dir / "model.safetensors", "best": run_dir / "best.safetensors"}.get(weights, Path(weights))
     if not path.is_file():
         raise CheckpointError(f"{str(path)!r} does not exist (has the run saved weights yet?)")

@@ -10,6 +10,7 @@ the schedule and the metrics are pure functions imported from their modules.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -26,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import atomic_write_text, save_json
+from ..io import atomic_write_text, save_json
 from ..errors import CheckpointError, ConfigError, ScratchformerError
-from ..tasks import build_task
 from ..tasks.base import GenerativeTask, Task
 from . import distributed as D
 from .checkpoint import (
@@ -52,7 +52,7 @@ from .losses import (
     target_count,
 )
 from .optim import build_optimizer, lr_at
-from .run import build_model, check_task_fits_model, read_run_config
+from .run import build_run, read_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -363,14 +363,8 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
 
     # ---- data and model (deterministic from the seeds, identical on every rank)
     seed_everything(cfg.seed)
-    task_options = {k: v for k, v in cfg.task.items() if k != "name"}
-    task = build_task(cfg.task["name"], **task_options)
-    check_task_fits_model(cfg.model["arch"], task)
-    raw_model, model_options = build_model(cfg.model, task)
-    # through JSON, so it compares equal to the config.json it is saved as (tuples become lists)
-    effective = RunConfig.from_dict(json.loads(json.dumps(
-        {**cfg.to_dict(), "model": model_options, "task": {"name": task.name, **task.config.to_dict()},
-         "train": {**cfg.train.to_dict(), "linear_backend": get_linear_backend()}})))
+    task, raw_model, effective = build_run(cfg)
+    effective = dataclasses.replace(effective, train=effective.train.replace(linear_backend=get_linear_backend()))
     train_split = task.split_names[0]
     train_ds = task.dataset(train_split)
     splits = eval_splits(task)
@@ -392,10 +386,10 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
         run_dir = Path(run_dir)
         saved = read_run_config(run_dir)
         for section in ("model", "task"):
-            if getattr(saved, section) != getattr(effective, section):
+            if saved.to_dict()[section] != effective.to_dict()[section]:
                 raise ConfigError(
                     f"cannot resume {str(run_dir)!r} with a different {section} config: "
-                    f"saved {getattr(saved, section)}, now {getattr(effective, section)}"
+                    f"saved {saved.to_dict()[section]}, now {effective.to_dict()[section]}"
                 )
     else:
         run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
@@ -458,7 +452,7 @@ def _train(cfg: RunConfig, info: D.DistInfo, device: torch.device, run_dir, resu
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     loss_fn = loss_for(task.kind)
     log = MetricsLog(run_dir, info.is_main, tc.log_tensorboard)
-    arch = effective.model["arch"]
+    arch = effective.arch
 
     def evaluate(split: str, max_examples: int) -> dict[str, float]:
         return evaluate_split(eval_model, task, split, batch_size=tc.eval_batch_size, max_examples=max_examples,

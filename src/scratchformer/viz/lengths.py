@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..errors import ConfigError
 
 METRICS = ("exact_match", "token_accuracy")
