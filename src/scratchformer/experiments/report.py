@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import atomic_write_bytes, atomic_write_text, save_json
+from ..io import atomic_write_bytes, atomic_write_text, save_json
 from .evaluations import Section
 from .spec import Plan
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import save_json
+from ..io import save_json
 from ..errors import ConfigError
 from .evaluations import (
     ExperimentContext,

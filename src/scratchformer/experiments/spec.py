@@ -169,8 +169,7 @@ class Experiment:
                     cfg_data = apply_overrides({**data, "seed": seed, "name": None}, overrides)
                     if cfg_data.get("seed") != seed:
                         raise ConfigError("seed is chosen by the experiment; use --seeds N instead of seed=...")
-                    cfg = RunConfig.from_dict(cfg_data)
-                    check_values(cfg)
+                    cfg = RunConfig.from_dict(cfg_data)  # builds the typed model and task configs: bad values fail now
                 except ConfigError as e:
                     raise ConfigError(f"experiment {self.name!r}, variant {v.name!r}: {e}") from None
                 runs.append(PlannedRun(variant=v.name, seed=seed, config=cfg))
@@ -197,17 +196,6 @@ class Plan:
     variants: list[str]
     runs: list[PlannedRun]
     overrides: list[str]
-
-
-def check_values(cfg: RunConfig) -> None:
-    """Build the model's and the task's config objects (not the model or the data), so a bad value
-    fails now rather than when its run starts; fields the task would derive take their defaults."""
-    from ..tasks.base import make_config
-    from ..train.config import model_classes, task_class
-
-    _, config_cls = model_classes(cfg.model["arch"])
-    config_cls.from_dict({k: v for k, v in cfg.model.items() if k != "arch"})
-    make_config(task_class(cfg.task["name"]).config_class, {k: v for k, v in cfg.task.items() if k != "name"})
 
 
 # ---------------------------------------------------------------------- reading and checking
