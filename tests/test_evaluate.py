@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchformer.errors import ConfigError
+from scratchformer.eval_report import evaluate_run
 from scratchformer.evaluate import (
     LengthTable,
     classification_accuracy,
     evaluate_by_length,
-    evaluate_run,
     exact_match,
     perplexity,
     token_accuracy,

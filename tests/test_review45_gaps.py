@@ -278,7 +278,7 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     clip, lr = 1e-3, 0.5
     cfg = tiny(tmp_path, "train.steps=1", "train.optimizer=sgd", f"train.lr={lr}", "train.schedule=constant",
                "train.warmup_steps=0", "train.weight_decay=0", f"train.grad_clip={clip}", "name=clip")
-    from scratchformer.train.trainer import seed_everything
+    from scratchformer.train.rng import seed_everything
 
     seed_everything(cfg.seed)  # the trainer's own start, so `before` is its initial model
     # named_parameters lists a tied weight once, so it is counted once in the norm

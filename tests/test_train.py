@@ -41,7 +41,7 @@ from scratchformer.train import (
     teacher_forced_exact_match,
     train,
 )
-from scratchformer.train import losses as losses_module
+from scratchformer import losses as losses_module
 from scratchformer.train.data import ResumableSampler, split_global_batch
 from scratchformer.train.trainer import NonFiniteLossError
 
@@ -344,13 +344,13 @@ def test_the_last_evaluation_is_reused_at_the_end_when_it_saw_the_whole_split(tm
     import scratchformer.train.trainer as trainer_module
 
     calls = []
-    real = trainer_module.evaluate_split
+    real = trainer_module.split_sums
 
     def spy(model, task, split, **kwargs):
         calls.append(split)
         return real(model, task, split, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "evaluate_split", spy)
+    monkeypatch.setattr(trainer_module, "split_sums", spy)
     train(tiny_config(tmp_path, "train.steps=2", "train.eval_every=0", "train.eval_max_examples=0", "name=reuse"))
     records = [json.loads(x) for x in (tmp_path / "reuse" / "metrics.jsonl").read_text().splitlines()]
     (last,) = [r for r in records if r["event"] == "eval"]

@@ -243,7 +243,7 @@ def format_results(metrics: dict[str, dict[str, float]], title: str = "") -> str
 
 # ---------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
+    from .eval_report import evaluate_run
     from .train.run import read_run_config
 
     for run_dir in [args.run_dir, *args.compare]:
@@ -260,7 +260,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _print_eval_report(report: dict[str, Any], run_dir: Path, as_json: bool) -> None:
-    """Print what ``scratchformer.evaluate.evaluate_run`` returned."""
+    """Print what ``scratchformer.eval_report.evaluate_run`` returned."""
     if as_json:
         print(json.dumps(report, indent=2, sort_keys=True, default=str))
         return

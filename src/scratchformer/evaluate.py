@@ -1,4 +1,18 @@
-"""Evaluation: token metrics, autoregressive accuracy by problem length, whole runs.
+"""Evaluation, all of it: split metrics, metric sums, accuracy by problem length, best of n.
+
+The trainer evaluates through this module, and so do ``scratchformer eval``
+(:mod:`scratchformer.eval_report`) and the experiments.
+
+Teacher-forced split metrics (one forward pass per batch, the training loss):
+
+- :func:`evaluate_split` — loss and the task kind's metrics on a split;
+  :func:`split_sums` gives the additive sums behind them (one shard of the
+  split per process; the trainer adds them up across processes) and
+  :func:`finish_metrics` turns sums into metrics;
+- :func:`batch_metric_sums` — one batch's sums, from a loss's output;
+  :func:`teacher_forced_exact_match` — greedy decoding's exact match from
+  one teacher-forced pass;
+- :data:`HIGHER_IS_BETTER`, :func:`default_best_metric` — what "best" means.
 
 Metrics on tensors (no model needed):
 
@@ -16,9 +30,7 @@ Autoregressive evaluation (the model generates, a verifier checks):
   and token accuracy of the generated answer, with each length marked
   in-distribution (a training length) or not;
 - :func:`top_at_n_accuracy` — the fraction of problems for which any of n
-  samples is right;
-- :func:`evaluate_run` — load a run directory, evaluate, write ``eval.json``
-  and ``plots/accuracy_by_length.png``.
+  samples is right.
 
 The core functions take ``(model, task)`` (the tokenizer is the task's unless
 given), so they do not depend on the trainer.
@@ -30,11 +42,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,13 +52,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .io import load_json, save_json
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import ConfigError, DataError
 from .generate import best_of_n, generate
+from .losses import LossOutput, loss_for
+from .tasks.base import IGNORE_INDEX, GenerativeTask, Task
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 # ---------------------------------------------------------------------------- tensor metrics
@@ -177,6 +186,150 @@ def cross_entropy_sum(
     flat = logits.reshape(-1, logits.size(-1)).float()  # (B T, V)
     ce = F.cross_entropy(flat, labels.reshape(-1), ignore_index=ignore_index, reduction="sum")
     return float(ce), int(keep.sum())
+
+
+# ---------------------------------------------------------------------------- split metrics (teacher-forced)
+HIGHER_IS_BETTER = {"exact_match": True, "accuracy": True, "token_accuracy": True, "loss": False, "perplexity": False}
+"""Direction of each metric, for choosing the best checkpoint."""
+
+
+def eval_splits(task: Task) -> list[str]:
+    """Every split but the training split."""
+    return list(task.split_names[1:])
+
+
+def default_best_metric(task: Task) -> str:
+    """The metric that picks a task's best checkpoint: exact match for generative tasks, accuracy for
+    classification, else the loss."""
+    if isinstance(task, GenerativeTask) and task.kind in ("lm", "seq2seq"):
+        return "exact_match"
+    if task.kind == "classification":
+        return "accuracy"
+    return "loss"
+
+
+def teacher_forced_exact_match(logits: Tensor, targets: Tensor) -> Tensor:
+    """(B,) bool: would greedy decoding reproduce every target of the row? One forward pass suffices.
+
+    ``logits`` (B, T, V) come from a teacher-forced pass over the whole
+    sequence and ``targets`` (B, T) are aligned with them (-100 where
+    nothing is predicted: prompt and padding). Greedy decoding of the row,
+    started from its prompt, writes the targets exactly iff the argmax at
+    *every* target position equals the target:
+
+    - if it does, induction on the position: greedy's first token is the
+      argmax after the prompt, which is the first target; so greedy's input
+      at the next position equals the teacher-forced input, and with a
+      causal model (a position sees only itself and earlier positions) the
+      logits there are the same, so its argmax is again the target, and so on.
+    - if it does not, take the first position where the argmax differs: its
+      input is still identical to the teacher-forced one (all earlier
+      targets matched), so greedy writes the wrong token there.
+
+    For GPT arithmetic the targets are the answer digits and ``<EOS>``, so
+    this is the exact match of greedy decoding that stops at ``<EOS>``
+    (stricter than a check that ignores a missing ``<EOS>``). Caveats: exact
+    ties in the argmax, and floating-point differences between a full pass
+    and cached incremental decoding, could make the two disagree on a
+    knife-edge row. Rows with no target count as not matched.
+    """
+    pred = logits.argmax(dim=-1)  # (B, T)
+    scored = targets != IGNORE_INDEX
+    return ((pred == targets) | ~scored).all(dim=1) & scored.any(dim=1)
+
+
+def batch_metric_sums(kind: str, out: LossOutput, exact_match: bool) -> dict[str, float]:
+    """Additive sums of one batch; :func:`finish_metrics` turns summed sums into metrics."""
+    sums = {"loss_sum": float(out.loss_sum), "count": float(out.count)}
+    if kind in ("lm", "seq2seq"):
+        scored = out.targets != IGNORE_INDEX
+        sums["correct"] = float(((out.logits.argmax(-1) == out.targets) & scored).sum())
+        if exact_match:
+            sums["exact"] = float(teacher_forced_exact_match(out.logits, out.targets).sum())
+            sums["rows"] = float(scored.any(dim=1).sum())
+    elif kind == "classification":
+        sums["correct"] = float((out.logits.argmax(-1) == out.targets).sum())
+    return sums
+
+
+def finish_metrics(kind: str, sums: dict[str, float]) -> dict[str, float]:
+    """Metrics from summed :func:`batch_metric_sums`: loss (mean per target), and by kind
+    token_accuracy + perplexity (lm), token_accuracy (seq2seq), exact_match, accuracy."""
+    count = max(sums.get("count", 0.0), 1.0)
+    loss = sums["loss_sum"] / count
+    out = {"loss": loss, "examples": sums.get("examples", 0.0)}
+    if kind in ("lm", "seq2seq"):
+        out["token_accuracy"] = sums["correct"] / count
+        if kind == "lm":
+            out["perplexity"] = math.exp(min(loss, 700.0))
+        if "exact" in sums:
+            out["exact_match"] = sums["exact"] / max(sums["rows"], 1.0)
+    elif kind == "classification":
+        out["accuracy"] = sums["correct"] / count
+    return out
+
+
+@torch.no_grad()
+def split_sums(
+    model: nn.Module,
+    task: Task,
+    split: str,
+    *,
+    batch_size: int = 512,
+    max_examples: int = 0,
+    device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
+    autocast: AbstractContextManager | None = None,
+) -> dict[str, float]:
+    """The additive metric sums (:func:`batch_metric_sums`, plus ``examples``) of ``model`` on one
+    shard of the first ``max_examples`` (0: all) examples of ``split``.
+
+    ``shard=(rank, world_size)`` takes every ``world_size``-th example from
+    ``rank``, so processes score disjoint shards whose sums add up to the
+    whole split's; :func:`finish_metrics` turns the (summed) sums into metrics.
+    """
+    device = torch.device(device)
+    ds = task.dataset(split)
+    n = len(ds) if not max_examples else min(len(ds), max_examples)
+    rank, world_size = shard
+    mine = list(range(rank, n, world_size))
+    loss_fn = loss_for(task.kind)
+    exact = isinstance(task, GenerativeTask) and task.kind in ("lm", "seq2seq")
+    keys = ["loss_sum", "count", "correct", "exact", "rows", "examples"] if exact else ["loss_sum", "count", "correct", "examples"]
+    totals = dict.fromkeys(keys, 0.0)
+    with _eval_mode(model):
+        for start in range(0, len(mine), batch_size):
+            idx = mine[start : start + batch_size]
+            batch = {k: v.to(device, non_blocking=True) for k, v in task.collate([ds[i] for i in idx]).items()}
+            with autocast or nullcontext():
+                out = loss_fn(model, batch)
+            for k, v in batch_metric_sums(task.kind, out, exact).items():
+                totals[k] += v
+            totals["examples"] += len(idx)
+    return totals
+
+
+def evaluate_split(
+    model: nn.Module,
+    task: Task,
+    split: str,
+    *,
+    batch_size: int = 512,
+    max_examples: int = 0,
+    device: torch.device | str = "cpu",
+    autocast: AbstractContextManager | None = None,
+) -> dict[str, float]:
+    """The task kind's metrics of ``model`` on the first ``max_examples`` (0: all) examples of ``split``.
+
+    Returns loss (mean per target) and, by kind: token_accuracy, perplexity
+    (lm), exact_match (generative tasks: greedy-decoding exact match from one
+    teacher-forced pass, see ``teacher_forced_exact_match``), accuracy
+    (classification); ``examples`` is how many were scored. (Under several
+    processes the trainer adds up each one's :func:`split_sums` instead.)
+    """
+    sums = split_sums(model, task, split, batch_size=batch_size, max_examples=max_examples, device=device,
+                      autocast=autocast)
+    return finish_metrics(task.kind, sums)
 
 
 # ---------------------------------------------------------------------------- by length
@@ -505,101 +658,23 @@ def top_at_n_accuracy(
     }
 
 
-# ---------------------------------------------------------------------------- runs
-def evaluate_run(
-    run_dir: str | os.PathLike,
-    *,
-    split: str | None = None,
-    weights: str = "model",
-    batch_size: int = 256,
-    max_per_length: int | None = None,
-    compare: Iterable[str | os.PathLike] = (),
-    teacher_forced: bool = True,
-    **generate_options: Any,
-) -> dict[str, Any]:
-    """Evaluate a run directory and write ``eval.json`` and ``plots/accuracy_by_length.png`` into it.
-
-    Args:
-        run_dir: a directory written by the trainer (config.json, weights, tokenizer.json).
-        split: the split to evaluate (default "test" if the task has it, else its last split).
-        weights: "model", "best" or a weights path (see ``scratchformer.train.load_run``).
-        max_per_length: cap on problems per length (None: all).
-        compare: other run directories whose ``eval.json`` tables join the plot as extra lines.
-        teacher_forced: also compute the teacher-forced split metrics (loss, token accuracy, ...).
-        **generate_options: decoding options for :func:`evaluate_by_length`.
-    Returns:
-        the dict written to eval.json: ``run``, ``task``, ``split``, ``metrics``
-        (teacher-forced), ``by_length`` (a LengthTable dict or None) and ``plot``.
-    """
-    from .train import evaluate_split, load_run
-    from .viz.lengths import plot_accuracy_by_length
-
-    run = load_run(run_dir, weights=weights)
-    task = run.build_task()
-    if split is None:
-        split = "test" if "test" in task.split_names else task.split_names[-1]
-    task.check_split(split)
-    name = getattr(run.config, "name", None) or Path(run_dir).name
-    result: dict[str, Any] = {"run": name, "task": task.name, "split": split, "weights": str(run.weights)}
-    if teacher_forced:
-        result["metrics"] = evaluate_split(run.model, task, split, batch_size=batch_size)
-    table = None
-    try:
-        table = evaluate_by_length(
-            run.model, task, split, tokenizer=run.tokenizer or task.tokenizer, batch_size=batch_size,
-            max_per_length=max_per_length, label=name, **generate_options,
-        )  # fmt: skip
-    except ConfigError as e:
-        log.info("no accuracy-by-length table for %s: %s", name, e)
-    result["by_length"] = table.to_dict() if table is not None else None
-    result["plot"] = None
-    if table is not None:
-        tables = {name: table}
-        for other in compare:
-            other_table = _read_table(other)
-            tables[other_table.label or Path(other).name] = other_table
-        plot = Path(run_dir) / "plots" / "accuracy_by_length.png"
-        plot_accuracy_by_length(tables, plot, title=f"{task.name} ({split})")
-        result["plot"] = str(plot.relative_to(run_dir))
-    save_json(Path(run_dir) / "eval.json", _json_safe(result))
-    return result
-
-
-def _read_table(run_dir: str | os.PathLike) -> LengthTable:
-    path = Path(run_dir) / "eval.json"
-    if not path.is_file():
-        raise CheckpointError(f"{str(path)!r} does not exist; run evaluate_run on {str(run_dir)!r} first")
-    data = load_json(path)
-    if not data.get("by_length"):
-        raise CheckpointError(f"{str(path)!r} has no accuracy-by-length table to compare")
-    table = LengthTable.from_dict(data["by_length"])
-    table.label = table.label or data.get("run", "") or Path(run_dir).name
-    return table
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python, keys -> str, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 __all__ = [
     "LengthRow",
     "LengthTable",
     "classification_accuracy",
     "cross_entropy_sum",
+    "HIGHER_IS_BETTER",
+    "batch_metric_sums",
+    "default_best_metric",
+    "eval_splits",
     "evaluate_by_length",
-    "evaluate_run",
+    "evaluate_split",
     "exact_match",
+    "finish_metrics",
     "generate_answers",
     "perplexity",
+    "split_sums",
+    "teacher_forced_exact_match",
     "token_accuracy",
     "token_accuracy_all_positions",
     "top_at_n_accuracy",

@@ -1,4 +1,4 @@
-"""Training: the trainer, optimizers and schedules, losses, checkpoints, run directories, distributed.
+"""Training: the trainer, optimizers and schedules, checkpoints, run directories, distributed.
 
 See docs/training.md.
 """
@@ -12,10 +12,11 @@ from scratchformer.train.checkpoint import (
     save_model_weights,
 )
 from scratchformer.train.config import DEFAULT_RUN, RunConfig, TrainConfig, apply_overrides, resolve_config
-from scratchformer.train.losses import LOSSES, LossOutput, teacher_forced_exact_match
+from scratchformer.evaluate import evaluate_split, teacher_forced_exact_match
+from scratchformer.losses import LOSSES, LossOutput
 from scratchformer.train.optim import OPTIMIZERS, SCHEDULES, build_optimizer, decay_groups, lr_at, param_groups
 from scratchformer.train.run import Run, build_model, load_run
-from scratchformer.train.trainer import NonFiniteLossError, TrainResult, evaluate_split, train
+from scratchformer.train.trainer import NonFiniteLossError, TrainResult, TrainState, setup, train, train_step
 
 __all__ = [
     "DEFAULT_RUN",
@@ -29,6 +30,7 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "TrainResult",
+    "TrainState",
     "apply_overrides",
     "build_model",
     "build_optimizer",
@@ -43,6 +45,8 @@ __all__ = [
     "resolve_config",
     "save_checkpoint",
     "save_model_weights",
+    "setup",
     "teacher_forced_exact_match",
     "train",
+    "train_step",
 ]

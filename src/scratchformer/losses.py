@@ -1,4 +1,4 @@
-"""Losses and per-batch metrics, as pure functions of (model, batch), keyed by ``task.kind``.
+"""Losses, as pure functions of (model, batch), keyed by ``task.kind``; the trainer and the evaluator share them.
 
 Every loss returns a :class:`LossOutput` holding the *sum* of per-target
 losses and the number of targets, not a mean: the trainer divides by the
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import unknown_name
-from ..tasks.base import IGNORE_INDEX, Batch
+from .errors import unknown_name
+from .tasks.base import IGNORE_INDEX, Batch
 
 
 @dataclass
@@ -118,71 +118,3 @@ def batch_tokens(batch: Batch) -> int:
     if "encoder_attention_mask" in batch:  # seq2seq: source tokens plus target tokens
         n += int(batch["encoder_attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
     return n or int(next(iter(batch.values())).shape[0])
-
-
-# ---------------------------------------------------------------------- metrics
-def teacher_forced_exact_match(logits: Tensor, targets: Tensor) -> Tensor:
-    """(B,) bool: would greedy decoding reproduce every target of the row? One forward pass suffices.
-
-    ``logits`` (B, T, V) come from a teacher-forced pass over the whole
-    sequence and ``targets`` (B, T) are aligned with them (-100 where
-    nothing is predicted: prompt and padding). Greedy decoding of the row,
-    started from its prompt, writes the targets exactly iff the argmax at
-    *every* target position equals the target:
-
-    - if it does, induction on the position: greedy's first token is the
-      argmax after the prompt, which is the first target; so greedy's input
-      at the next position equals the teacher-forced input, and with a
-      causal model (a position sees only itself and earlier positions) the
-      logits there are the same, so its argmax is again the target, and so on.
-    - if it does not, take the first position where the argmax differs: its
-      input is still identical to the teacher-forced one (all earlier
-      targets matched), so greedy writes the wrong token there.
-
-    For GPT arithmetic the targets are the answer digits and ``<EOS>``, so
-    this is the exact match of greedy decoding that stops at ``<EOS>``
-    (stricter than a check that ignores a missing ``<EOS>``). Caveats: exact
-    ties in the argmax, and floating-point differences between a full pass
-    and cached incremental decoding, could make the two disagree on a
-    knife-edge row. Rows with no target count as not matched.
-    """
-    pred = logits.argmax(dim=-1)  # (B, T)
-    scored = targets != IGNORE_INDEX
-    return ((pred == targets) | ~scored).all(dim=1) & scored.any(dim=1)
-
-
-def batch_metric_sums(kind: str, out: LossOutput, exact_match: bool) -> dict[str, float]:
-    """Additive sums of one batch; :func:`finish_metrics` turns summed sums into metrics."""
-    sums = {"loss_sum": float(out.loss_sum), "count": float(out.count)}
-    if kind in ("lm", "seq2seq"):
-        scored = out.targets != IGNORE_INDEX
-        sums["correct"] = float(((out.logits.argmax(-1) == out.targets) & scored).sum())
-        if exact_match:
-            sums["exact"] = float(teacher_forced_exact_match(out.logits, out.targets).sum())
-            sums["rows"] = float(scored.any(dim=1).sum())
-    elif kind == "classification":
-        sums["correct"] = float((out.logits.argmax(-1) == out.targets).sum())
-    return sums
-
-
-def finish_metrics(kind: str, sums: dict[str, float]) -> dict[str, float]:
-    """Metrics from summed :func:`batch_metric_sums`: loss (mean per target), and by kind
-    token_accuracy + perplexity (lm), token_accuracy (seq2seq), exact_match, accuracy."""
-    import math
-
-    count = max(sums.get("count", 0.0), 1.0)
-    loss = sums["loss_sum"] / count
-    out = {"loss": loss, "examples": sums.get("examples", 0.0)}
-    if kind in ("lm", "seq2seq"):
-        out["token_accuracy"] = sums["correct"] / count
-        if kind == "lm":
-            out["perplexity"] = math.exp(min(loss, 700.0))
-        if "exact" in sums:
-            out["exact_match"] = sums["exact"] / max(sums["rows"], 1.0)
-    elif kind == "classification":
-        out["accuracy"] = sums["correct"] / count
-    return out
-
-
-HIGHER_IS_BETTER = {"exact_match": True, "accuracy": True, "token_accuracy": True, "loss": False, "perplexity": False}
-"""Direction of each metric, for choosing the best checkpoint."""
