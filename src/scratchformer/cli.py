@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the reduced version (about 30 s), as CI runs it")
     p.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 instead of the experiment's own")
     p.add_argument("--out", metavar="DIR", help="the experiment directory (default runs/experiments/NAME[-quick])")
+
+    from .viz.command import add_viz_parser
+
+    add_viz_parser(sub, [common])
     return parser
 
 
@@ -448,7 +452,14 @@ def _usage(message: str) -> _UsageError:
     return _UsageError(message)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "experiment": cmd_experiment}
+def cmd_viz(args: argparse.Namespace) -> int:
+    from .viz.command import cmd_viz as run_viz
+
+    return run_viz(args)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "experiment": cmd_experiment,
+            "viz": cmd_viz}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -118,3 +118,16 @@ def batch_tokens(batch: Batch) -> int:
     if "encoder_attention_mask" in batch:  # seq2seq: source tokens plus target tokens
         n += int(batch["encoder_attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
     return n or int(next(iter(batch.values())).shape[0])
+
+
+#: The accuracy the trainer logs while training, by task kind (kinds without one are absent).
+TRAIN_ACCURACY_KEY = {"lm": "token_accuracy", "seq2seq": "token_accuracy", "classification": "accuracy"}
+
+
+def correct_predictions(kind: str, out: LossOutput) -> Tensor | None:
+    """How many of the batch's scored targets the argmax predicts (a scalar tensor, left on the
+    device), for the training accuracy; None for a kind without accuracy (regression)."""
+    if kind not in TRAIN_ACCURACY_KEY:
+        return None
+    pred = out.logits.detach().argmax(-1)
+    return ((pred == out.targets) & (out.targets != IGNORE_INDEX)).sum()

@@ -39,12 +39,16 @@ class EncoderDecoder(nn.Module):
         if config.tie_encoder_decoder_embeddings:
             self.tgt_embed.tok.weight = self.src_embed.tok.weight
 
-    def encode(self, encoder_input_ids: Tensor, encoder_attention_mask: Tensor | None = None) -> Tensor:
-        """(B, S) -> memory (B, S, C)."""
+    def encode(
+        self, encoder_input_ids: Tensor, encoder_attention_mask: Tensor | None = None, output_attentions: bool = False
+    ) -> Tensor | tuple[Tensor, list[dict[str, Tensor]]]:
+        """(B, S) -> memory (B, S, C), and the encoder's per-layer {"self": (B, H, S, S)} when asked."""
         check_mask(encoder_attention_mask, *encoder_input_ids.shape, "encoder_attention_mask")
         x = self.src_embed(encoder_input_ids)
-        x, _ = self.encoder(x, self.src_embed.pos, key_padding=encoder_attention_mask)
-        return x
+        x, attentions = self.encoder(
+            x, self.src_embed.pos, key_padding=encoder_attention_mask, need_weights=output_attentions
+        )
+        return (x, attentions) if output_attentions else x
 
     def new_cache(self, capacity: int | None = None) -> ModelCache:
         """Empty caches: self-attention (``capacity``: the final decoder length, when
@@ -97,6 +101,8 @@ class EncoderDecoder(nn.Module):
             encoder_input_ids: (B, S) source ids; encoder_attention_mask (B, S) 1 = real.
             decoder_input_ids: (B, T) decoder inputs, or None to use shift_right(labels).
             labels: (B, T) target ids (-100 = ignore), used only to build the decoder input.
+            output_attentions: also return {"encoder": per-layer {"self"}, "decoder": per-layer
+                {"self", "cross"}}, each weights (B, H, queries, keys).
         Returns:
             logits (B, T, V) — position t predicts labels[:, t].
         """
@@ -105,13 +111,14 @@ class EncoderDecoder(nn.Module):
                 raise ValueError("pass decoder_input_ids or labels (the targets, shifted right internally)")
             pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
             decoder_input_ids = shift_right(labels, self.config.start_token_id, pad)
-        memory = self.encode(encoder_input_ids, encoder_attention_mask)
+        encoded = self.encode(encoder_input_ids, encoder_attention_mask, output_attentions)
+        memory, enc_att = encoded if output_attentions else (encoded, None)
         check_mask(decoder_attention_mask, *decoder_input_ids.shape, "decoder_attention_mask")
         logits, dec_att = self.decode(
             decoder_input_ids, memory, encoder_attention_mask, decoder_attention_mask, output_attentions=output_attentions
         )
         if output_attentions:
-            return logits, {"decoder": dec_att}
+            return logits, {"encoder": enc_att, "decoder": dec_att}
         return logits
 
     def generate(self, input_ids: Tensor | None = None, *, encoder_input_ids: Tensor, **kwargs):

@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..io import atomic_write_text, save_json
 from ..errors import CheckpointError, ConfigError, ScratchformerError
 from ..evaluate import HIGHER_IS_BETTER, default_best_metric, eval_splits, finish_metrics, split_sums
-from ..losses import LossOutput, batch_tokens, loss_for, target_count
+from ..losses import TRAIN_ACCURACY_KEY, LossOutput, batch_tokens, correct_predictions, loss_for, target_count
 from ..nn.linear import get_linear_backend, linear_backend
 from ..tasks.base import Batch, Task
 from . import distributed as D
@@ -141,6 +141,8 @@ class StepStats:
     grad_norm: float
     lr: float
     tokens: int
+    targets: float = 0.0  # scored targets in the global batch
+    correct: Tensor | None = None  # of this process's targets, how many the argmax got right (on the device)
 
 
 # ---------------------------------------------------------------------- the run
@@ -238,11 +240,15 @@ def train_step(state: TrainState, batch: list[Batch]) -> StepStats:
     (global_count,) = D.all_reduce_sum([local_count], info, device)
     scale = info.world_size / max(global_count, 1.0)  # DDP averages gradients over ranks
     loss_sum = torch.zeros((), device=device)
+    correct = None  # the training accuracy's numerator, where the task kind has one
     for j, b in enumerate(micro):
         with D.gradient_sync(state.train_model, info, sync=j == len(micro) - 1), state.autocast():
             out = state.loss_fn(state.train_model, b)
         (out.loss_sum * scale).backward()
         loss_sum += out.loss_sum.detach().float()
+        right = correct_predictions(state.task.kind, out)
+        if right is not None:
+            correct = right if correct is None else correct + right
     (total,) = D.all_reduce_sum([float(loss_sum)], info, device)
     loss = total / max(global_count, 1.0)
     if not math.isfinite(loss):
@@ -252,7 +258,7 @@ def train_step(state: TrainState, batch: list[Batch]) -> StepStats:
         raise _non_finite("gradient norm", grad_norm, state.step, state.run_dir)
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
-    return StepStats(loss=loss, grad_norm=grad_norm, lr=lr, tokens=tokens)
+    return StepStats(loss=loss, grad_norm=grad_norm, lr=lr, tokens=tokens, targets=global_count, correct=correct)
 
 
 def clip_gradients(state: TrainState) -> float:
@@ -284,6 +290,8 @@ class LogWindow:
     since: float = 0.0
     tokens: int = 0
     losses: list[float] = field(default_factory=list)
+    targets: float = 0.0
+    correct: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.since = self.since or self.start
@@ -291,6 +299,9 @@ class LogWindow:
     def add(self, stats: StepStats) -> None:
         self.tokens += stats.tokens
         self.losses.append(stats.loss)
+        self.targets += stats.targets
+        if stats.correct is not None:
+            self.correct = stats.correct if self.correct is None else self.correct + stats.correct
 
 
 def log_training(state: TrainState, window: LogWindow, stats: StepStats, log: MetricsLog, bar: Any) -> None:
@@ -300,9 +311,13 @@ def log_training(state: TrainState, window: LogWindow, stats: StepStats, log: Me
     record = {"event": "train", "step": state.step, "loss": sum(window.losses) / len(window.losses),
               "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens_per_s": tokens / max(now - window.since, 1e-9),
               "epoch": state.sampler.epoch, "elapsed_s": now - window.start}
+    key = TRAIN_ACCURACY_KEY.get(state.task.kind)
+    if key is not None:  # the training accuracy over the targets of the window's steps
+        local = float(window.correct) if window.correct is not None else 0.0
+        record[key] = D.all_reduce_sum([local], state.info, state.device)[0] / max(window.targets, 1.0)
     log.write(record)
     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{stats.lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
-    window.since, window.tokens, window.losses = now, 0, []
+    window.since, window.tokens, window.losses, window.targets, window.correct = now, 0, [], 0.0, None
 
 
 def evaluate(state: TrainState, split: str, max_examples: int) -> dict[str, float]:
