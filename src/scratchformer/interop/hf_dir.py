@@ -149,14 +149,14 @@ def load_hf_dir(path: str | os.PathLike, tokenizer: bool = True) -> HFModelDir:
         from .gpt2 import gpt2_from_hf
 
         model, arch = gpt2_from_hf(path), "gpt"
-    elif model_type in ("bert", "distilbert"):
+    elif model_type == "bert":
         from .bert import bert_from_hf
 
         model, arch = bert_from_hf(path), "encoder_classifier"
     else:
         raise CheckpointError(
             f"{path} holds a {model_type!r} model; scratchformer reads Hugging Face GPT-2 ('gpt2') and BERT "
-            "('bert', 'distilbert') directories"
+            "('bert') directories"
         )
     tok = load_hf_tokenizer(path, model_type) if tokenizer else None
     return HFModelDir(path=path, model=model, tokenizer=tok, arch=arch, hf_config=hf_config)

@@ -46,11 +46,14 @@ def init_weights(module: nn.Module, std: float) -> None:
 
 
 class Embedder(nn.Module):
-    """Token embedding (optionally scaled by sqrt(C)), positions, dropout."""
+    """Token embedding (optionally scaled by sqrt(C)), positions, optional token types
+    (BERT's segment embedding) and norm of the sum (BERT's embedding LayerNorm), dropout."""
 
-    def __init__(self, cfg: TransformerConfig, vocab_size: int) -> None:
+    def __init__(self, cfg: TransformerConfig, vocab_size: int, type_vocab_size: int = 0, norm: bool = False) -> None:
         super().__init__()
         self.tok = nn.Embedding(vocab_size, cfg.d_model)
+        self.types = nn.Embedding(type_vocab_size, cfg.d_model) if type_vocab_size else None
+        self.norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if norm else None
         self.pos: PositionalEncoding = build_positional(
             cfg.positional, d_model=cfg.d_model, n_head=cfg.n_head, max_len=cfg.max_len, **cfg.positional_options
         )
@@ -60,8 +63,11 @@ class Embedder(nn.Module):
         # positions 0..max_len-1 made once; a call slices them instead of building a tensor
         self.register_buffer("positions", torch.arange(cfg.max_len), persistent=False)
 
-    def forward(self, ids: Tensor, start: int = 0, position_ids: Tensor | None = None) -> Tensor:
-        """ids: (B, T) -> (B, T, C). ``start`` is the position of ids[:, 0]."""
+    def forward(
+        self, ids: Tensor, start: int = 0, position_ids: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """ids: (B, T) -> (B, T, C). ``start`` is the position of ids[:, 0]; ``token_type_ids``
+        (B, T) pick the type embeddings (default: type 0), when the embedder has them."""
         T = ids.size(1)
         check_ids(ids, self.tok.num_embeddings, "input_ids")
         check_length(start + T, self.max_len)
@@ -70,6 +76,14 @@ class Embedder(nn.Module):
             x = x * self.scale
         positions = position_ids if position_ids is not None else self.positions[start : start + T]  # (T,)
         x = self.pos.embed(x, positions)
+        if self.types is not None:
+            if token_type_ids is None:
+                x = x + self.types.weight[0]
+            else:
+                check_ids(token_type_ids, self.types.num_embeddings, "token_type_ids")
+                x = x + self.types(token_type_ids)  # (B, T, C)
+        if self.norm is not None:
+            x = self.norm(x)
         return self.drop(x) if self.training and self.drop.p > 0 else x
 
 

@@ -30,22 +30,49 @@ def pool(x: Tensor, attention_mask: Tensor | None, how: str) -> Tensor:
 
 
 class EncoderClassifier(nn.Module):
-    """``model(input_ids, attention_mask) -> logits (B, num_classes)``."""
+    """``model(input_ids, attention_mask) -> logits (B, num_classes)``.
+
+    With ``type_vocab_size``, ``embed_norm`` and ``pooler`` set (and post-norm
+    GELU blocks) it is BERT's sequence classifier: token + position + type
+    embeddings and a LayerNorm of their sum; the first token's state through
+    a dense layer and tanh (the pooler), then the linear head.
+    """
 
     def __init__(self, config: EncoderClassifierConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = Embedder(config, config.vocab_size)
+        self.embed = Embedder(config, config.vocab_size, config.type_vocab_size, config.embed_norm)
         self.encoder = Stack(config, config.n_layer, causal=False)
+        self.pooler = Linear(config.d_model, config.d_model) if config.pooler else None
+        self.head_dropout = nn.Dropout(config.dropout)
         self.head = Linear(config.d_model, config.num_classes)
         init_weights(self, config.init_std)
 
-    def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, output_attentions: bool = False
-    ) -> Tensor | tuple[Tensor, list[dict[str, Tensor]]]:
-        """input_ids (B, T); attention_mask (B, T) 1 = real. Returns logits (B, K)."""
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, list[dict[str, Tensor]]]:
+        """The encoder's last hidden states (B, T, C) (and per-layer attentions when asked)."""
         check_mask(attention_mask, *input_ids.shape, "attention_mask")
-        x = self.embed(input_ids)  # (B, T, C)
-        x, attentions = self.encoder(x, self.embed.pos, key_padding=attention_mask, need_weights=output_attentions)
-        logits = self.head(pool(x, attention_mask, self.config.pooling))  # (B, K)
+        x = self.embed(input_ids, token_type_ids=token_type_ids)  # (B, T, C)
+        return self.encoder(x, self.embed.pos, key_padding=attention_mask, need_weights=output_attentions)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        output_attentions: bool = False,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, list[dict[str, Tensor]]]:
+        """input_ids (B, T); attention_mask (B, T) 1 = real; token_type_ids (B, T). Returns logits (B, K)."""
+        x, attentions = self.encode(input_ids, attention_mask, token_type_ids, output_attentions)
+        pooled = pool(x, attention_mask, self.config.pooling)  # (B, C)
+        if self.pooler is not None:  # BERT: dense + tanh, then dropout before the head
+            pooled = torch.tanh(self.pooler(pooled))
+            if self.training and self.head_dropout.p > 0:
+                pooled = self.head_dropout(pooled)
+        logits = self.head(pooled)  # (B, K)
         return (logits, attentions) if output_attentions else logits
