@@ -44,6 +44,8 @@ EVAL_EPILOG = """\
 examples:
   scratchformer eval runs/20250101-120000
   scratchformer eval runs/addition --split test --best
+  scratchformer eval path/to/gpt2 --data some.txt                 a Hugging Face GPT-2 directory: perplexity
+  scratchformer eval path/to/bert-sentiment --data reviews.csv    a Hugging Face BERT directory: accuracy
 """
 
 GENERATE_EPILOG = """\
@@ -51,6 +53,9 @@ examples:
   scratchformer generate runs/addition "123+456="
   scratchformer generate runs/shakespeare "ROMEO:" --max-new-tokens 200 --do-sample --temperature 0.8 --top-p 0.9
   scratchformer generate runs/shakespeare "ROMEO:" --num-beams 4
+  scratchformer generate path/to/gpt2 "I enjoy walking with my cute dog" --do-sample --top-k 50 --top-p 0.95 \
+      --temperature 0.7 --no-repeat-ngram-size 2 --max-new-tokens 40
+      a Hugging Face-format GPT-2 directory (config.json, model.safetensors, tokenizer files)
 
 For a reversed-answer arithmetic run the answer is shown un-reversed (and said so).
 """
@@ -113,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `scratchformer train`")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `scratchformer train`, or a Hugging "
+                   "Face-format GPT-2 or BERT directory (config.json, model.safetensors, tokenizer files) with --data")
     p.add_argument("--split", action="append", help="evaluate this split (repeatable; default: the test split)")
     p.add_argument("--best", action="store_true", help="use best.safetensors instead of model.safetensors")
     p.add_argument("--max-examples", type=int, default=0,
@@ -122,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     p.add_argument("--compare", metavar="OTHER_RUN", nargs="+", default=[],
                    help="also draw these runs' accuracy-by-length lines (from their eval.json) on the plot")
+    p.add_argument("--data", metavar="FILE", help="for a Hugging Face directory: a text file (GPT-2: loss, "
+                   "perplexity) or a labelled .csv/.jsonl (BERT: accuracy)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="for a Hugging Face GPT-2 directory: tokens per evaluated window (default: its context)")
+    p.add_argument("--text-column", default="text", help="for a labelled --data file: the text column (default text)")
+    p.add_argument("--label-column", default="label", help="for a labelled --data file: the label column (default label)")
 
     p = sub.add_parser(
         "generate",
@@ -131,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `scratchformer train`")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `scratchformer train`, or a Hugging "
+                   "Face-format GPT-2 directory (config.json, model.safetensors, tokenizer files)")
     p.add_argument("prompt", metavar="PROMPT", help='the prompt text, e.g. "123+456="')
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to add (default: up to the model's max_len, at most 64)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -249,6 +262,13 @@ def format_results(metrics: dict[str, dict[str, float]], title: str = "") -> str
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval_report import evaluate_run
     from .train.run import read_run_config
+    from .interop.hf_dir import is_hf_dir
+
+    args.run_dir = _local_or_hub(args.run_dir)
+    if is_hf_dir(args.run_dir):
+        return _eval_hf(args)
+    if args.data is not None:
+        raise _usage("--data is for a Hugging Face directory; a run directory is evaluated on its own task's splits")
 
     for run_dir in [args.run_dir, *args.compare]:
         read_run_config(run_dir)  # a clear error for a missing/foreign directory first
@@ -287,6 +307,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .errors import ConfigError
     from .train.run import load_run, read_run_config
+    from .interop.hf_dir import is_hf_dir
+
+    args.run_dir = _local_or_hub(args.run_dir)
+    if is_hf_dir(args.run_dir):
+        return _generate_hf(args)
 
     read_run_config(args.run_dir)
     run = load_run(args.run_dir, weights="best" if args.best else "model")
@@ -340,6 +365,70 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"{shown_prompt}{text}")
         else:
             print(text)
+    return 0
+
+
+def _local_or_hub(name: str) -> str:
+    """``name`` itself when it exists or is plainly a path; else a Hugging Face Hub name, fetched
+    into the local cache when huggingface_hub is installed and online (a clear error otherwise)."""
+    from .interop.hf_dir import looks_like_hub_name, resolve_model_dir
+
+    if Path(name).exists() or not looks_like_hub_name(name) or name.count("/") != 1 and "/" in name:
+        return name
+    return str(resolve_model_dir(name))
+
+
+def _generate_hf(args: argparse.Namespace) -> int:
+    """``generate`` for a Hugging Face GPT-2 directory: our GPT with its weights, its own tokenizer."""
+    import torch
+
+    from .errors import ConfigError
+    from .interop.hf_dir import load_hf_dir
+
+    hf = load_hf_dir(args.run_dir)
+    if hf.arch != "gpt":
+        raise ConfigError(f"generate needs a GPT-2 directory; {args.run_dir} holds a {hf.hf_config.get('model_type')!r} model")
+    if args.best:
+        raise _usage("--best is for run directories; a Hugging Face directory has one set of weights")
+    tok, model = hf.tokenizer, hf.model
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise ConfigError("the prompt encodes to no tokens; give some text")
+    room = model.config.max_len - len(ids)
+    if room <= 0:
+        raise ConfigError(f"the prompt has {len(ids)} tokens; the model's context is {model.config.max_len}")
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    options = _decoding_options(args, tok)
+    options["max_new_tokens"] = min(args.max_new_tokens if args.max_new_tokens is not None else 64, room)
+    x = torch.tensor([ids], dtype=torch.long)
+    if args.stream:
+        return _print_stream(model, x, tok, options)
+    out = model.generate(x, **options)
+    for row in out.tolist():
+        new = row[len(ids):]
+        if tok.eos_token_id is not None and tok.eos_token_id in new:
+            new = new[: new.index(tok.eos_token_id)]
+        print(args.prompt + tok.decode(new, skip_special_tokens=True))
+    return 0
+
+
+def _eval_hf(args: argparse.Namespace) -> int:
+    """``eval`` for a Hugging Face directory on a local file (--data)."""
+    from .interop.hf_dir import evaluate_hf_dir, load_hf_dir
+
+    if args.data is None:
+        raise _usage(f"{args.run_dir} is a Hugging Face directory, which has no task of its own: pass --data FILE "
+                     "(a text file for GPT-2, a labelled .csv/.jsonl for BERT)")
+    if args.max_examples < 0 or args.batch_size <= 0 or (args.block_size is not None and args.block_size < 2):
+        raise _usage("--max-examples must be >= 0, --batch-size > 0 and --block-size >= 2")
+    hf = load_hf_dir(args.run_dir)
+    metrics = evaluate_hf_dir(hf, args.data, batch_size=min(args.batch_size, 64), max_examples=args.max_examples,
+                              block_size=args.block_size, text_column=args.text_column, label_column=args.label_column)
+    if args.json:
+        print(json.dumps({"model": str(args.run_dir), "data": str(args.data), "metrics": metrics}, indent=2))
+    else:
+        print(format_results({Path(args.data).name: metrics}, title=f"{args.run_dir} on {args.data}"))
     return 0
 
 

@@ -10,14 +10,18 @@ Nothing is unpickled; ``transformers`` is not needed.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError, DataError
+from ..tokenizers.bpe import BPETokenizer
 
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -35,36 +39,9 @@ def is_hf_dir(path: str | os.PathLike) -> bool:
         return False
 
 
-class HFTokenizer:
-    """A ``tokenizers.Tokenizer`` behind the small interface scratchformer's commands use
-    (``encode``, ``decode``, ``id_to_token``, special token ids, ``vocab_size``)."""
-
-    def __init__(self, tokenizer, special: dict[str, str | None]) -> None:
-        self._tok = tokenizer
-        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-
-        def tid(name: str) -> int | None:
-            token = special.get(name)
-            return None if token is None else tokenizer.token_to_id(token)
-
-        self.bos_token_id, self.eos_token_id = tid("bos_token"), tid("eos_token")
-        self.pad_token_id, self.unk_token_id = tid("pad_token"), tid("unk_token")
-
-    def encode(self, text: str) -> list[int]:
-        """Ids of ``text``, with the special tokens the model expects (BERT's [CLS] ... [SEP]; none for GPT-2)."""
-        return self._tok.encode(text, add_special_tokens=True).ids
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-    def id_to_token(self, i: int) -> str:
-        token = self._tok.id_to_token(int(i))
-        return token if token is not None else f"<{i}>"
-
-
-def _special_tokens(path: Path) -> dict[str, str | None]:
-    """Special tokens named by tokenizer_config.json / special_tokens_map.json."""
-    out: dict[str, str | None] = {}
+def _special_tokens(path: Path) -> dict[str, str]:
+    """Special tokens named by special_tokens_map.json / tokenizer_config.json."""
+    out: dict[str, str] = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         f = path / name
         if f.is_file():
@@ -72,7 +49,7 @@ def _special_tokens(path: Path) -> dict[str, str | None]:
                 data = json.loads(f.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{f} is not valid JSON: {e}") from None
-            for key in ("bos_token", "eos_token", "pad_token", "unk_token", "cls_token", "sep_token"):
+            for key in ("bos_token", "eos_token", "pad_token", "cls_token", "sep_token"):
                 value = data.get(key)
                 if isinstance(value, dict):  # {"content": "<|endoftext|>", ...}
                     value = value.get("content")
@@ -81,37 +58,54 @@ def _special_tokens(path: Path) -> dict[str, str | None]:
     return out
 
 
-def load_hf_tokenizer(path: str | os.PathLike, model_type: str) -> HFTokenizer:
-    """The tokenizer files of a HF directory: ``tokenizer.json``, else GPT-2's ``vocab.json`` +
+def has_tokenizer_files(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return any((path / n).is_file() for n in ("tokenizer.json", "vocab.txt")) or (
+        (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    )
+
+
+def load_hf_tokenizer(path: str | os.PathLike, model_type: str | None = None) -> BPETokenizer:
+    """The tokenizer of a HF directory as our ``BPETokenizer`` wrapper (saved and loaded as
+    scratchformer JSON like any other), from ``tokenizer.json``, else GPT-2's ``vocab.json`` +
     ``merges.txt``, else BERT's ``vocab.txt``.
 
+    ``encode`` adds no special tokens; the special ids follow the model: GPT-2's
+    ``<|endoftext|>`` is eos and pad; BERT's ``[CLS]`` is bos (the class token
+    a classification task puts first), ``[SEP]`` eos, ``[PAD]`` pad.
+
     Raises:
-        CheckpointError: none of them is there (naming the files to add).
+        CheckpointError: no tokenizer files (naming the ones to add).
     """
     import tokenizers
 
     path = Path(path)
+    if model_type is None:
+        model_type = read_hf_config(path).get("model_type")
     special = _special_tokens(path)
-    if model_type == "gpt2":
-        for key in ("bos_token", "eos_token", "unk_token"):
-            special.setdefault(key, "<|endoftext|>")
-    elif model_type in ("bert", "distilbert"):
-        for key, value in (("pad_token", "[PAD]"), ("unk_token", "[UNK]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]")):
-            special.setdefault(key, value)
-    if (path / "tokenizer.json").is_file():
-        tok = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
-    elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        tok = tokenizers.ByteLevelBPETokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
-    elif (path / "vocab.txt").is_file():
-        config = path / "tokenizer_config.json"
-        lower = json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True) if config.is_file() else True
-        tok = tokenizers.BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=lower)
+    if model_type == "bert":
+        tokens = dict(bos_token=special.get("cls_token", "[CLS]"), eos_token=special.get("sep_token", "[SEP]"),
+                      pad_token=special.get("pad_token", "[PAD]"))
     else:
-        raise CheckpointError(
-            f"{path} has no tokenizer files: add tokenizer.json (or vocab.json + merges.txt for GPT-2, "
-            "vocab.txt for BERT), as the model's Hugging Face repository provides them"
-        )
-    return HFTokenizer(tok, special)
+        eos = special.get("eos_token", "<|endoftext|>")
+        tokens = dict(eos_token=eos, pad_token=special.get("pad_token", eos), bos_token=None)
+    try:
+        if (path / "tokenizer.json").is_file():
+            backend = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+        elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            return BPETokenizer.from_gpt2_files(path, **tokens)
+        elif (path / "vocab.txt").is_file():
+            config = path / "tokenizer_config.json"
+            lower = json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True) if config.is_file() else True
+            backend = tokenizers.BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=lower)._tokenizer
+        else:
+            raise CheckpointError(
+                f"{path} has no tokenizer files: add tokenizer.json (or vocab.json + merges.txt for GPT-2, "
+                "vocab.txt for BERT), as the model's Hugging Face repository provides them"
+            )
+        return BPETokenizer(backend, **tokens)
+    except (ConfigError, DataError) as e:
+        raise CheckpointError(f"the tokenizer files in {path} do not fit this model: {e}") from None
 
 
 @dataclass
@@ -120,7 +114,7 @@ class HFModelDir:
 
     path: Path
     model: nn.Module
-    tokenizer: HFTokenizer
+    tokenizer: BPETokenizer | None
     arch: str  # "gpt" or "encoder_classifier"
     hf_config: dict[str, Any]
 
@@ -162,4 +156,142 @@ def load_hf_dir(path: str | os.PathLike, tokenizer: bool = True) -> HFModelDir:
     return HFModelDir(path=path, model=model, tokenizer=tok, arch=arch, hf_config=hf_config)
 
 
-__all__ = ["HFModelDir", "HFTokenizer", "is_hf_dir", "load_hf_dir", "load_hf_tokenizer", "read_hf_config"]
+
+
+# --- hub names ------------------------------------------------------------------------
+
+#: The files a model directory needs, whether downloaded by name or by hand.
+HUB_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "vocab.txt",
+             "tokenizer_config.json", "special_tokens_map.json")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+def looks_like_hub_name(text: str) -> bool:
+    """``gpt2``, ``bert-base-uncased``, ``owner/name``: a model name rather than a path."""
+    return bool(_HUB_NAME.match(text)) and not text.endswith((".json", ".safetensors", ".txt"))
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local directory as is; a Hugging Face Hub model name through ``huggingface_hub``
+    (the ``hf`` extra), which downloads only config, safetensors weights and tokenizer files
+    into its cache (or finds them there).
+
+    Raises:
+        CheckpointError: the path does not exist and the name cannot be fetched: the
+            message says which files to download and where to put them.
+    """
+    path = Path(name_or_path)
+    if path.exists() or not looks_like_hub_name(str(name_or_path)):
+        return path
+    name = str(name_or_path)
+    by_hand = (
+        f"To use it offline, download {', '.join(HUB_FILES[:3])} (and, if the model has no tokenizer.json, "
+        f"vocab.json + merges.txt for GPT-2 or vocab.txt for BERT) from the model's page {name!r} on the "
+        "Hugging Face Hub into one directory, e.g. models/" + name.replace("/", "--") + "/, and pass that directory."
+    )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{name!r} is not a local directory. Loading by Hub name needs huggingface_hub: "
+            f"pip install 'scratchformer[hf]'. {by_hand}"
+        ) from None
+    try:
+        # $HF_HUB_OFFLINE read now (huggingface_hub reads it once, at import): offline means the cache only
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        return Path(snapshot_download(name, allow_patterns=list(HUB_FILES), local_files_only=offline))
+    except Exception as e:  # offline, unknown name, gated repository: all end the same way for the user
+        raise CheckpointError(f"{name!r} is not a local directory and could not be fetched from the Hugging Face "
+                              f"Hub ({type(e).__name__}). {by_hand}") from None
+
+
+# --- evaluating a HF directory on a file -------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_hf_dir(
+    hf: HFModelDir,
+    data: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    max_examples: int = 0,
+    block_size: int | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+) -> dict[str, float]:
+    """Metrics of a loaded HF directory on a local file.
+
+    GPT-2: ``data`` is a text file, cut into windows of ``block_size`` tokens
+    (default: the model's context); returns loss, token accuracy and
+    perplexity. BERT: ``data`` is a labelled .csv/.jsonl (``text_column``,
+    ``label_column``; labels are the config's label names or class numbers);
+    returns loss and accuracy.
+    """
+    import torch.nn.functional as F
+
+    from ..tasks.classification import read_records
+    from ..tasks.text import decode_utf8
+
+    tok = hf.tokenizer
+    model = hf.model.eval()
+    if hf.arch == "gpt":
+        path = Path(data)
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist")
+        ids = tok.encode(decode_utf8(path.read_bytes(), path))
+        T = min(block_size or model.config.max_len, model.config.max_len)
+        rows = [ids[i : i + T] for i in range(0, max(len(ids) - 1, 1), T)]
+        rows = [r for r in rows if len(r) > 1][: max_examples or None]
+        if not rows:
+            raise DataError(f"{path} has fewer than two tokens; nothing to evaluate")
+        loss_sum, correct, count = 0.0, 0, 0
+        for i in range(0, len(rows), batch_size):
+            batch = rows[i : i + batch_size]
+            width = max(len(r) for r in batch)
+            x = torch.zeros(len(batch), width, dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for j, r in enumerate(batch):
+                x[j, : len(r)] = torch.tensor(r)
+                labels[j, : len(r)] = torch.tensor(r)
+            logits = model(x)[:, :-1]  # (B, T-1, V): right padding never reaches a real position
+            target = labels[:, 1:]
+            loss_sum += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum"))
+            scored = target != -100
+            correct += int(((logits.argmax(-1) == target) & scored).sum())
+            count += int(scored.sum())
+        loss = loss_sum / count
+        return {"loss": loss, "token_accuracy": correct / count, "perplexity": math.exp(min(loss, 700.0)),
+                "examples": float(len(rows))}
+    records = read_records(data, required=(text_column, label_column))[: max_examples or None]
+    label2id = {str(k): int(v) for k, v in (hf.hf_config.get("label2id") or {}).items()}
+    K = model.config.num_classes
+    labels = []
+    for i, r in enumerate(records):
+        raw = str(r[label_column]).strip()
+        if raw in label2id:
+            labels.append(label2id[raw])
+        elif raw.isdigit() and int(raw) < K:
+            labels.append(int(raw))
+        else:
+            raise DataError(f"{data} record {i} has label {raw!r}, which is neither one of the model's labels "
+                            f"{sorted(label2id)} nor a class number below {K}")
+    T = model.config.max_len
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(records), batch_size):
+        rows = [[tok.bos_token_id, *tok.encode(str(r[text_column]))][: T - 1] + [tok.eos_token_id]
+                for r in records[i : i + batch_size]]
+        width = max(len(r) for r in rows)
+        x = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for j, r in enumerate(rows):
+            x[j, : len(r)] = torch.tensor(r)
+            mask[j, : len(r)] = 1
+        y = torch.tensor(labels[i : i + batch_size])
+        logits = model(x, mask)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(-1) == y).sum())
+    n = len(records)
+    return {"loss": loss_sum / n, "accuracy": correct / n, "examples": float(n)}
+
+
+__all__ = ["HUB_FILES", "HFModelDir", "evaluate_hf_dir", "looks_like_hub_name", "resolve_model_dir", "has_tokenizer_files", "is_hf_dir", "load_hf_dir", "load_hf_tokenizer", "read_hf_config"]

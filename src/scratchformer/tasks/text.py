@@ -96,7 +96,8 @@ def resolve_tokenizer(
 
     Args:
         spec: "char" (fit on ``texts``), "bpe" (train byte-level BPE of
-            ``vocab_size`` on ``texts``) or the path of a saved tokenizer JSON.
+            ``vocab_size`` on ``texts``), the path of a saved tokenizer JSON,
+            or a Hugging Face model directory (its tokenizer files).
         content_hash: a hash of the training text; a trained BPE is cached
             under it (and ``vocab_size``) so it is trained once.
         bos_token: for "bpe", a BOS token to add (classification needs one).
@@ -123,8 +124,13 @@ def resolve_tokenizer(
             tokenizer.save(cached)
         return tokenizer
     path = Path(spec)
+    if path.is_dir():  # a Hugging Face model directory: its own tokenizer files
+        from scratchformer.interop.hf_dir import load_hf_tokenizer
+
+        return load_hf_tokenizer(path)
     if not path.exists():
-        raise ConfigError(f"tokenizer={spec!r} is not 'char', 'bpe' or an existing tokenizer JSON file")
+        raise ConfigError(f"tokenizer={spec!r} is not 'char', 'bpe', an existing tokenizer JSON file or a "
+                          "Hugging Face model directory with tokenizer files")
     return load_tokenizer(path)
 
 

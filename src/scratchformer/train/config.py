@@ -162,6 +162,8 @@ class RunConfig:
         train: the training options.
         seed: seeds everything (0 <= seed < 2**63).
         name: the run directory's name under ``train.out_dir`` (None: a timestamp).
+        init_from: start from these weights: a run directory or a Hugging Face
+            GPT-2/BERT/DistilBERT directory (see ``scratchformer.train.init_from``).
 
     The JSON form (config.json, ``--print-config``) nests ``arch`` in
     ``model`` and ``name`` in ``task``; ``model`` holds only ``model_given``.
@@ -175,6 +177,7 @@ class RunConfig:
     seed: int = 0
     name: str | None = None
     model_given: tuple[str, ...] = ()
+    init_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         model = self.model.to_dict()
@@ -184,6 +187,7 @@ class RunConfig:
             "train": self.train.to_dict(),
             "seed": self.seed,
             "name": self.name,
+            "init_from": self.init_from,
         }
 
     def with_model(self, model: Config) -> RunConfig:
@@ -227,6 +231,9 @@ class RunConfig:
         name = parse_typed(data.get("name"), str | None, "name")
         if name is not None:
             check_run_name(name)
+        init_from = parse_typed(data.get("init_from"), str | None, "init_from")
+        if init_from is not None and not init_from.strip():
+            raise ConfigError("init_from='' must be the path of a run directory or a Hugging Face model directory")
         return cls(
             arch=arch,
             model=model_config_cls.from_dict(model, where="model"),
@@ -236,6 +243,7 @@ class RunConfig:
             seed=seed,
             name=name,
             model_given=tuple(model),
+            init_from=init_from,
         )
 
 
@@ -260,7 +268,7 @@ def _check_section_keys(section: str, options: Mapping[str, Any], config_cls: ty
             )
 
 
-TOP_LEVEL_KEYS = ("model", "task", "train", "seed", "name")
+TOP_LEVEL_KEYS = ("model", "task", "train", "seed", "name", "init_from")
 
 DEFAULT_RUN: dict[str, Any] = {
     "seed": 0,
@@ -410,7 +418,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     for parts, raw, key in pending:
         value = _parse_override(raw, parts, out)
         if len(parts) == 1:
-            if parts[0] not in ("seed", "name"):
+            if parts[0] not in ("seed", "name", "init_from"):
                 raise _unknown_key(key, out)
             out[parts[0]] = value
             continue
@@ -456,7 +464,7 @@ def _parse_override(raw: str, parts: list[str], data: Mapping[str, Any]) -> Any:
 
 def _unknown_key(key: str, data: Mapping[str, Any]) -> ConfigError:
     keys = section_keys(data)
-    valid = ["seed", "name", *(f"{s}.{k}" for s, ks in keys.items() for k in ks)]
+    valid = ["seed", "name", "init_from", *(f"{s}.{k}" for s, ks in keys.items() for k in ks)]
     return ConfigError(f"unknown config key {key!r}{did_you_mean(key, valid)}; see `scratchformer train --help` "
                        "for the sections (model.*, task.*, train.*, seed, name)")
 

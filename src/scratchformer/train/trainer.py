@@ -55,6 +55,7 @@ from .checkpoint import (
 from .config import RunConfig
 from .data import ResumableSampler, split_global_batch
 from .logs import MetricsLog, check_tensorboard, show_progress, truncate_metrics
+from .init_from import load_init_weights, prepare_init_from
 from .optim import build_optimizer, lr_at
 from .precision import autocast_factory, uses_bf16
 from .rng import rng_state, seed_everything, set_rng_state
@@ -430,7 +431,9 @@ def setup(
     use_bf16 = uses_bf16(tc.precision, device)
 
     seed_everything(cfg.seed)  # data and model: deterministic from the seed, identical on every rank
+    cfg = prepare_init_from(cfg)  # init_from: the checkpoint's model config (and its tokenizer for text tasks)
     task, raw_model, effective = build_run(cfg)
+    load_init_weights(raw_model, effective)
     effective = dataclasses.replace(effective, train=effective.train.replace(linear_backend=get_linear_backend()))
     eval_split, best_metric, schedule = _check_options(cfg, task, raw_model, info)
     run_dir = _choose_run_dir(cfg, effective, run_dir, resume, info)

@@ -171,15 +171,18 @@ def _attention(args: argparse.Namespace) -> int:
 class AttentionSource:
     """A model and how to turn text into its ids and token labels."""
 
-    def __init__(self, model, tokenizer, arch: str, default_out: Path, bos_first: bool, strict_vocab: bool) -> None:
+    def __init__(self, model, tokenizer, arch: str, default_out: Path, bos_first: bool, strict_vocab: bool,
+                 eos_last: bool = False) -> None:
         self.model, self.tokenizer, self.arch = model, tokenizer, arch
-        self.default_out, self.bos_first, self.strict_vocab = default_out, bos_first, strict_vocab
+        self.default_out, self.bos_first, self.strict_vocab, self.eos_last = default_out, bos_first, strict_vocab, eos_last
 
     def encode(self, text: str) -> tuple[list[int], list[str]]:
         tok = self.tokenizer
         ids = list(tok.encode(text))
         if self.bos_first and tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id):
             ids = [tok.bos_token_id, *ids]
+        if self.eos_last and tok.eos_token_id is not None:
+            ids = [*ids, tok.eos_token_id]
         unk = getattr(tok, "unk_token_id", None)
         if self.strict_vocab and unk is not None and unk in ids:
             raise ConfigError(f"the text {text!r} has characters outside the model's vocabulary; use only symbols it knows")
@@ -205,14 +208,20 @@ class AttentionSource:
 
 def load_for_attention(model_dir: str, best: bool = False) -> AttentionSource:
     """A run directory or a Hugging Face directory, ready for ``viz attention``."""
+    from ..interop.hf_dir import looks_like_hub_name, resolve_model_dir
+
     path = Path(model_dir)
+    if not path.exists() and looks_like_hub_name(model_dir):
+        path = resolve_model_dir(model_dir)
     if not path.is_dir():
         raise ConfigError(f"{model_dir!r} is not a directory (a run directory or a Hugging Face model directory)")
     from ..interop.hf_dir import is_hf_dir, load_hf_dir
 
     if is_hf_dir(path):
         hf = load_hf_dir(path)
-        return AttentionSource(hf.model, hf.tokenizer, hf.arch, Path("plots"), bos_first=False, strict_vocab=False)
+        bert = hf.arch == "encoder_classifier"  # BERT reads [CLS] text [SEP]
+        return AttentionSource(hf.model, hf.tokenizer, hf.arch, Path("plots"), bos_first=bert, strict_vocab=False,
+                               eos_last=bert)
     from ..train.run import load_run
 
     run = load_run(path, weights="best" if best else "model")
