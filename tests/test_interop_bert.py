@@ -91,12 +91,42 @@ def test_bert_from_a_safetensors_directory(tmp_path):
     _assert_parity(bert_from_hf(tmp_path), hf)
 
 
-def test_bert_directory_with_only_a_pickle_is_refused_with_the_fix(tmp_path):
+def test_bert_from_a_pytorch_bin_directory_read_without_unpickling(tmp_path, monkeypatch):
     hf = _hf_classifier()
     hf.save_pretrained(tmp_path, safe_serialization=True)
-    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")  # never read: refused by name
-    with pytest.raises(CheckpointError, match="pickle.*safe_serialization=True"):
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")  # the transformers 4.x layout
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("the file was unpickled")
+
+    import pickle
+
+    monkeypatch.setattr(pickle, "Unpickler", no_unpickling)
+    monkeypatch.setattr(pickle, "loads", no_unpickling)
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    _assert_parity(bert_from_hf(tmp_path), hf)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pytorch_bin_with_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    hf = _hf_classifier()
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save({**hf.state_dict(), "evil": _RunsCode(marker)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"refusing.*names posix\.system|refusing.*names os\.system"):
         bert_from_hf(tmp_path)
+    assert not marker.exists()
 
 
 def test_bert_checkpoint_problems_are_listed(tmp_path):
@@ -151,3 +181,50 @@ def test_bert_out_refuses_a_non_bert_shape(tmp_path):
         save_bert_hf(EncoderClassifier(EncoderClassifierConfig(norm_first=True, pooling="first", embed_norm=True,
                                                                pooler=True, type_vocab_size=2)), tmp_path)
     assert not (tmp_path / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- DistilBERT
+def _hf_distil():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=24,
+                           num_labels=3)
+    model = DistilBertForSequenceClassification(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_norm" in name.lower() or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def test_distilbert_matches_hidden_states_and_logits_with_padding(tmp_path):
+    hf = _hf_distil()
+    ours = bert_from_hf(hf)
+    assert ours.config.type_vocab_size == 0 and ours.config.pooler_activation == "relu"
+    ids, mask, _ = _batch()
+    with torch.no_grad():
+        out = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hidden, _ = ours.encode(ids, mask)
+        logits = ours(ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(hidden[real], out.hidden_states[-1][real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits, out.logits, atol=1e-4, rtol=1e-4)
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    with torch.no_grad():
+        torch.testing.assert_close(bert_from_hf(tmp_path)(ids, mask), out.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_distilbert_base_model_gets_a_fresh_pre_classifier_and_head():
+    from transformers import DistilBertModel
+
+    hf = _hf_distil()
+    base = DistilBertModel(hf.config).eval()
+    base.load_state_dict(hf.distilbert.state_dict())
+    ours = bert_from_hf(base)
+    ids, mask, _ = _batch()
+    with torch.no_grad():
+        expected = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden, _ = ours.encode(ids, mask)
+    torch.testing.assert_close(hidden[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=1e-4)
+    assert not torch.equal(ours.pooler.weight, hf.pre_classifier.weight)

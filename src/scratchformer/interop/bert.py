@@ -9,17 +9,18 @@ sum, post-norm blocks with GELU, the first token's state through dense+tanh
 where we keep one (3C, C) ``in_proj`` (``BERT_FUSED``: ours = concatenation
 of theirs, in that order). Nothing is transposed: both use ``nn.Linear``.
 
-Reading a directory never unpickles: only ``model.safetensors`` (or a
-sharded safetensors index) is read. A directory with only
-``pytorch_model.bin`` is refused with a message saying how to convert it,
-since even ``torch.load(weights_only=True)`` runs the unpickler over the
-file.
+Reading a directory never unpickles: ``model.safetensors`` (or a sharded
+index) is preferred; ``pytorch_model.bin`` is parsed as data by
+``torch_zip.read_torch_zip`` (the pickle's instructions are read, never
+run, and only tensors and plain containers are accepted), since even
+``torch.load(weights_only=True)`` runs Python's unpickler over the file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,57 @@ BERT_HEAD: dict[str, str] = {"classifier.weight": "head.weight", "classifier.bia
 
 #: Buffers some HF versions save; they are not weights.
 BERT_IGNORED: frozenset[str] = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
+
+#: DistilBERT (HF name without the ``distilbert.`` prefix) -> ours. No token types, no pooler in
+#: the base model: ``DistilBertForSequenceClassification``'s ``pre_classifier`` (dense + ReLU) is our pooler.
+DISTILBERT_WEIGHT_MAP: dict[str, str] = {
+    "embeddings.word_embeddings.weight": "embed.tok.weight",
+    "embeddings.position_embeddings.weight": "embed.pos.weight",
+    "embeddings.LayerNorm.weight": "embed.norm.weight",
+    "embeddings.LayerNorm.bias": "embed.norm.bias",
+    "transformer.layer.{i}.attention.out_lin.weight": "encoder.blocks.{i}.attn.out_proj.weight",
+    "transformer.layer.{i}.attention.out_lin.bias": "encoder.blocks.{i}.attn.out_proj.bias",
+    "transformer.layer.{i}.sa_layer_norm.weight": "encoder.blocks.{i}.attn_norm.weight",
+    "transformer.layer.{i}.sa_layer_norm.bias": "encoder.blocks.{i}.attn_norm.bias",
+    "transformer.layer.{i}.ffn.lin1.weight": "encoder.blocks.{i}.mlp.up.weight",
+    "transformer.layer.{i}.ffn.lin1.bias": "encoder.blocks.{i}.mlp.up.bias",
+    "transformer.layer.{i}.ffn.lin2.weight": "encoder.blocks.{i}.mlp.down.weight",
+    "transformer.layer.{i}.ffn.lin2.bias": "encoder.blocks.{i}.mlp.down.bias",
+    "transformer.layer.{i}.output_layer_norm.weight": "encoder.blocks.{i}.mlp_norm.weight",
+    "transformer.layer.{i}.output_layer_norm.bias": "encoder.blocks.{i}.mlp_norm.bias",
+}
+DISTILBERT_FUSED: dict[str, tuple[str, str, str]] = {
+    f"encoder.blocks.{{i}}.attn.in_proj.{p}": tuple(
+        f"transformer.layer.{{i}}.attention.{qkv}.{p}" for qkv in ("q_lin", "k_lin", "v_lin")
+    )
+    for p in ("weight", "bias")
+}
+DISTILBERT_HEAD: dict[str, str] = {
+    "pre_classifier.weight": "pooler.weight",
+    "pre_classifier.bias": "pooler.bias",
+    "classifier.weight": "head.weight",
+    "classifier.bias": "head.bias",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One model family's names: the base model's prefix inside the classifier, the weight map,
+    the fused q|k|v map, the head (outside the base model) and the buffers that are not weights."""
+
+    model_type: str
+    prefix: str
+    weight_map: dict[str, str]
+    fused: dict[str, tuple[str, str, str]]
+    head: dict[str, str]
+    ignored: frozenset[str]
+
+
+LAYOUTS: dict[str, Layout] = {
+    "bert": Layout("bert", "bert.", BERT_WEIGHT_MAP, BERT_FUSED, BERT_HEAD, BERT_IGNORED),
+    "distilbert": Layout("distilbert", "distilbert.", DISTILBERT_WEIGHT_MAP, DISTILBERT_FUSED, DISTILBERT_HEAD,
+                         frozenset({"embeddings.position_ids"})),
+}
 
 #: HF ``hidden_act`` -> our activation.
 BERT_ACTIVATIONS: dict[str, str] = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
@@ -139,6 +191,40 @@ def encoder_config_from_bert(hf_config: Mapping[str, Any], **overrides: Any) -> 
     return EncoderClassifierConfig.from_dict(fields)
 
 
+def encoder_config_from_distilbert(hf_config: Mapping[str, Any], **overrides: Any) -> EncoderClassifierConfig:
+    """Our ``EncoderClassifierConfig`` for a HF DistilBERT ``config.json`` dict: BERT's shape without
+    token types, the first token's state through dense + ReLU (``pre_classifier``) before the head.
+
+    Raises:
+        ConfigError: a required key is missing, sinusoidal positions, or an unknown activation.
+    """
+    missing = [k for k in ("vocab_size", "dim", "n_layers", "n_heads") if k not in hf_config]
+    if missing:
+        raise ConfigError(f"DistilBERT config lacks {missing}; is this a Hugging Face DistilBERT config.json?")
+    if hf_config.get("sinusoidal_pos_embds"):
+        raise ConfigError("DistilBERT sinusoidal_pos_embds=true is not supported (only learned positions)")
+    act = hf_config.get("activation", "gelu")
+    if act not in BERT_ACTIVATIONS:
+        raise ConfigError(f"DistilBERT activation={act!r} has no scratchformer equivalent; supported: {sorted(BERT_ACTIVATIONS)}")
+    labels = hf_config.get("id2label")
+    num_labels = len(labels) if isinstance(labels, Mapping) and labels else hf_config.get("num_labels", 2)
+    fields = dict(
+        vocab_size=hf_config["vocab_size"], d_model=hf_config["dim"], n_head=hf_config["n_heads"],
+        n_layer=hf_config["n_layers"], d_ff=hf_config.get("hidden_dim", 4 * hf_config["dim"]),
+        max_len=hf_config.get("max_position_embeddings", 512), dropout=hf_config.get("dropout", 0.1),
+        positional="learned", norm="layernorm", norm_eps=1e-12, norm_first=False, activation=BERT_ACTIVATIONS[act],
+        bias=True, pad_token_id=hf_config.get("pad_token_id", 0), init_std=hf_config.get("initializer_range", 0.02),
+        num_classes=num_labels, pooling="first", type_vocab_size=0, embed_norm=True, pooler=True,
+        pooler_activation="relu",
+    )  # fmt: skip
+    fields.update(overrides)
+    return EncoderClassifierConfig.from_dict(fields)
+
+
+#: model_type -> the function reading its config.
+CONFIG_READERS = {"bert": encoder_config_from_bert, "distilbert": encoder_config_from_distilbert}
+
+
 def bert_config_from_encoder(cfg: EncoderClassifierConfig) -> dict[str, Any]:
     """The HF BERT ``config.json`` dict of a BERT-shaped ``EncoderClassifierConfig``.
 
@@ -148,6 +234,7 @@ def bert_config_from_encoder(cfg: EncoderClassifierConfig) -> dict[str, Any]:
     needed = dict(
         positional="learned", positional_options={}, norm="layernorm", norm_first=False, bias=True, use_mlp=True,
         use_residual=True, scale_embeddings=False, pooling="first", embed_norm=True, pooler=True,
+        pooler_activation="tanh",
     )  # fmt: skip
     for name, value in needed.items():
         if getattr(cfg, name) != value:
@@ -184,18 +271,22 @@ def bert_config_from_encoder(cfg: EncoderClassifierConfig) -> dict[str, Any]:
 # --- state dicts -----------------------------------------------------------------
 
 
-def state_dict_from_bert(hf_state: Mapping[str, Tensor], cfg: EncoderClassifierConfig) -> tuple[dict[str, Tensor], bool]:
-    """Rename HF BERT tensors into our layout (and join query/key/value).
+def state_dict_from_bert(
+    hf_state: Mapping[str, Tensor], cfg: EncoderClassifierConfig, model_type: str = "bert"
+) -> tuple[dict[str, Tensor], set[str]]:
+    """Rename HF BERT (or DistilBERT) tensors into our layout, joining query/key/value.
 
-    Accepts the ``bert.``-prefixed layout of ``BertForSequenceClassification``
-    and the bare ``BertModel`` layout. Returns (our state dict, whether the
-    classification head was in the checkpoint); without a head the caller
-    keeps a freshly initialised one.
+    Accepts the prefixed layout of the sequence classifier (``bert.``,
+    ``distilbert.``) and the bare base-model layout. Returns (our state dict,
+    the names of our head tensors the checkpoint lacks), which the caller
+    keeps freshly initialised (a base model has no ``classifier``; for
+    DistilBERT no ``pre_classifier`` either, our ``pooler``).
 
     Raises:
         CheckpointError: listing missing tensors, unexpected tensors and shape mismatches.
     """
-    prefix = BERT_BASE_PREFIX if any(k.startswith(BERT_BASE_PREFIX) for k in hf_state) else ""
+    layout = LAYOUTS[model_type]
+    prefix = layout.prefix if any(k.startswith(layout.prefix) for k in hf_state) else ""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in EncoderClassifier(cfg).state_dict().items()}
     ours: dict[str, Tensor] = {}
@@ -209,34 +300,36 @@ def state_dict_from_bert(hf_state: Mapping[str, Tensor], cfg: EncoderClassifierC
         used.add(theirs)
         return hf_state[theirs]
 
-    for hf, name in BERT_WEIGHT_MAP.items():
+    for hf, name in layout.weight_map.items():
         for i in _layers(hf, cfg.n_layer):
             t = take(prefix + hf.format(i=i))
             if t is not None:
                 ours[name.format(i=i)] = t
-    for name, parts in BERT_FUSED.items():
+    for name, parts in layout.fused.items():
         for i in range(cfg.n_layer):
             ts = [take(prefix + p.format(i=i)) for p in parts]
             if all(t is not None for t in ts):
                 ours[name.format(i=i)] = torch.cat(ts, dim=0)  # (3C, C) or (3C,)
-    has_head = all(k in hf_state for k in BERT_HEAD)
-    if has_head:
-        for hf, name in BERT_HEAD.items():
+    fresh = set()
+    for hf, name in layout.head.items():  # each head tensor is optional: absent ones start fresh
+        if hf in hf_state:
             ours[name] = take(hf)
+        else:
+            fresh.add(name)
     for name, t in ours.items():
         if tuple(t.shape) != expected[name]:
             mismatched.append(f"{name}: {tuple(t.shape)} in the checkpoint, {expected[name]} expected")
-    ignored = {prefix + n for n in BERT_IGNORED}
+    ignored = {prefix + n for n in layout.ignored}
     unexpected = sorted(k for k in hf_state if k not in used and k not in ignored)
     if missing or unexpected or mismatched:
         problems = [f"{what} {items}" for what, items in
                     (("missing tensors", missing), ("unexpected tensors", unexpected), ("shape mismatches", mismatched))
                     if items]
         raise CheckpointError(
-            f"checkpoint does not match a BERT with {cfg.n_layer} layers, hidden_size={cfg.d_model}, "
+            f"checkpoint does not match a {model_type} with {cfg.n_layer} layers, width {cfg.d_model}, "
             f"vocab_size={cfg.vocab_size}: " + "; ".join(problems)
         )
-    return {k: v.contiguous() for k, v in ours.items()}, has_head
+    return {k: v.contiguous() for k, v in ours.items()}, fresh
 
 
 def state_dict_to_bert(model: EncoderClassifier) -> dict[str, Tensor]:
@@ -263,9 +356,10 @@ def bert_from_hf(obj: Any, **overrides: Any) -> EncoderClassifier:
     """Build our ``EncoderClassifier`` from Hugging Face BERT weights, in eval mode.
 
     Args:
-        obj: a ``BertForSequenceClassification`` or ``BertModel`` object, or a
-            local HF directory (``config.json`` + ``model.safetensors``).
-            From a ``BertModel`` (no classifier) the head is freshly
+        obj: a ``BertForSequenceClassification`` or ``BertModel`` object (or
+            their DistilBERT counterparts), or a local HF directory
+            (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
+            From a base model (no classifier) the head is freshly
             initialised with ``num_labels`` classes.
         overrides: ``EncoderClassifierConfig`` fields to change (e.g. ``num_classes=3``,
             ``attn_impl="reference"``).
@@ -279,12 +373,15 @@ def bert_from_hf(obj: Any, **overrides: Any) -> EncoderClassifier:
         hf_config, hf_state = obj.config.to_dict(), obj.state_dict()
     else:
         raise TypeError(f"bert_from_hf expects a BertForSequenceClassification/BertModel or a directory, got {type(obj).__name__}")
-    cfg = encoder_config_from_bert(hf_config, **overrides)
+    model_type = hf_config.get("model_type", "bert")
+    if model_type not in LAYOUTS:
+        raise ConfigError(f"model_type={model_type!r}; bert_from_hf converts {sorted(LAYOUTS)} models")
+    cfg = CONFIG_READERS[model_type](hf_config, **overrides)
     model = EncoderClassifier(cfg)
-    state, has_head = state_dict_from_bert(hf_state, cfg)
-    if not has_head:
-        log.info("no classifier in the checkpoint: the %d-class head is freshly initialised", cfg.num_classes)
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+    state, fresh = state_dict_from_bert(hf_state, cfg, model_type)
+    if fresh:
+        log.info("not in the checkpoint, freshly initialised: %s (%d classes)", sorted(fresh), cfg.num_classes)
+        state.update({k: v for k, v in model.state_dict().items() if k in fresh})
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -311,28 +408,27 @@ def save_bert_hf(model: EncoderClassifier, directory: str | os.PathLike) -> Path
 
 
 def read_bert_directory(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """(config dict, state dict) of a HF BERT directory, from safetensors only."""
+    """(config dict, state dict) of a HF BERT directory: safetensors, else ``pytorch_model.bin`` read as data."""
     from .gpt2 import _load_safetensors, _load_sharded
+    from .torch_zip import read_torch_zip
 
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a directory; pass the folder holding config.json and the weights")
     if not (directory / CONFIG_NAME).is_file():
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}; a Hugging Face BERT directory needs one")
     hf_config = load_json(directory / CONFIG_NAME)
-    if not isinstance(hf_config, dict) or hf_config.get("model_type") != "bert":
+    if not isinstance(hf_config, dict) or hf_config.get("model_type") not in LAYOUTS:
         found = hf_config.get("model_type") if isinstance(hf_config, dict) else type(hf_config).__name__
-        raise CheckpointError(f"{directory / CONFIG_NAME} describes model_type={found!r}, not 'bert'")
+        raise CheckpointError(f"{directory / CONFIG_NAME} describes model_type={found!r}, not one of {sorted(LAYOUTS)}")
     if (directory / SAFETENSORS_NAME).is_file():
         return hf_config, _load_safetensors(directory / SAFETENSORS_NAME)
     index = directory / f"{SAFETENSORS_NAME}.index.json"
     if index.is_file():
         return hf_config, _load_sharded(index, _load_safetensors)
-    if (directory / PICKLE_NAME).is_file() or (directory / f"{PICKLE_NAME}.index.json").is_file():
-        raise CheckpointError(
-            f"{directory} has only {PICKLE_NAME}, a Python pickle; scratchformer does not unpickle weights "
-            f"(loading a pickle can run code). Convert it once, in an environment you trust, to {SAFETENSORS_NAME}: "
-            "BertForSequenceClassification.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
-        )
+    if (directory / PICKLE_NAME).is_file():
+        return hf_config, read_torch_zip(directory / PICKLE_NAME)  # parsed as data, never unpickled
+    if (directory / f"{PICKLE_NAME}.index.json").is_file():
+        return hf_config, _load_sharded(directory / f"{PICKLE_NAME}.index.json", read_torch_zip)
     raise CheckpointError(f"{directory} holds no weights: expected {SAFETENSORS_NAME}; found {sorted(p.name for p in directory.iterdir())}")
 
 
@@ -340,6 +436,11 @@ __all__ = [
     "BERT_FUSED",
     "BERT_HEAD",
     "BERT_WEIGHT_MAP",
+    "DISTILBERT_FUSED",
+    "DISTILBERT_HEAD",
+    "DISTILBERT_WEIGHT_MAP",
+    "LAYOUTS",
+    "encoder_config_from_distilbert",
     "bert_config_from_encoder",
     "bert_from_hf",
     "bert_to_hf",

@@ -9,8 +9,9 @@ a renaming (``GPT2_WEIGHT_MAP``) plus a transpose of the four Conv1D weights
 per layer (``GPT2_TRANSPOSED``), nothing else.
 
 Loading never executes code: ``model.safetensors`` is read with safetensors,
-and ``pytorch_model.bin`` only through ``torch.load(weights_only=True)``,
-which refuses any pickle that is not plain tensors and containers.
+and ``pytorch_model.bin`` by ``torch_zip.read_torch_zip``, which parses the
+pickle's instructions without running them and accepts only tensors and
+plain containers.
 
 ``transformers`` is needed only to convert to or from a live HF model object;
 reading and writing a directory needs just torch and safetensors.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -305,8 +305,8 @@ def gpt2_from_hf(obj: Any, **overrides: Any) -> GPT:
         obj: a ``GPT2LMHeadModel`` or ``GPT2Model`` object, or the path of a
             local directory in HF format: ``config.json`` plus
             ``model.safetensors`` (preferred), a sharded
-            ``model.safetensors.index.json``, or ``pytorch_model.bin`` (read
-            with ``weights_only=True``: no pickled code runs).
+            ``model.safetensors.index.json``, or ``pytorch_model.bin`` (parsed
+            as data by ``torch_zip.read_torch_zip``: the pickle never runs).
         overrides: ``GPTConfig`` fields to change, e.g. ``attn_impl="reference"``.
     Returns:
         a float32 ``GPT`` on the CPU whose logits equal HF's.
@@ -405,18 +405,11 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def _load_pickle(path: Path) -> dict[str, Tensor]:
-    """torch.load with ``weights_only=True``: only tensors and plain
-    containers unpickle; anything that would call a function is refused."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
-        raise CheckpointError(
-            f"refusing to load {path}: it is not a plain tensor pickle (weights_only=True rejected it; "
-            f"it may try to run code). Convert it to {SAFETENSORS_NAME} with a trusted tool. Detail: {e}"
-        ) from e
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
-        raise CheckpointError(f"{path} does not hold a state dict (a mapping from names to tensors)")
-    return state
+    """A ``torch.save`` state dict read as data, never unpickled (``torch_zip.read_torch_zip``:
+    only tensors and plain containers are accepted; anything else is refused)."""
+    from .torch_zip import read_torch_zip
+
+    return read_torch_zip(path)
 
 
 def _load_sharded(index: Path, loader) -> dict[str, Tensor]:

@@ -83,7 +83,7 @@ def load_hf_tokenizer(path: str | os.PathLike, model_type: str | None = None) ->
     if model_type is None:
         model_type = read_hf_config(path).get("model_type")
     special = _special_tokens(path)
-    if model_type == "bert":
+    if model_type in ("bert", "distilbert"):
         tokens = dict(bos_token=special.get("cls_token", "[CLS]"), eos_token=special.get("sep_token", "[SEP]"),
                       pad_token=special.get("pad_token", "[PAD]"))
     else:
@@ -143,14 +143,14 @@ def load_hf_dir(path: str | os.PathLike, tokenizer: bool = True) -> HFModelDir:
         from .gpt2 import gpt2_from_hf
 
         model, arch = gpt2_from_hf(path), "gpt"
-    elif model_type == "bert":
+    elif model_type in ("bert", "distilbert"):
         from .bert import bert_from_hf
 
         model, arch = bert_from_hf(path), "encoder_classifier"
     else:
         raise CheckpointError(
             f"{path} holds a {model_type!r} model; scratchformer reads Hugging Face GPT-2 ('gpt2') and BERT "
-            "('bert') directories"
+            "('bert', 'distilbert') directories"
         )
     tok = load_hf_tokenizer(path, model_type) if tokenizer else None
     return HFModelDir(path=path, model=model, tokenizer=tok, arch=arch, hf_config=hf_config)

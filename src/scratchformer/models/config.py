@@ -92,12 +92,14 @@ class EncoderClassifierConfig(TransformerConfig):
     pooling: Literal["last", "first", "mean"] = "last"
     type_vocab_size: int = 0  # > 0: BERT's token-type (segment) embeddings
     embed_norm: bool = False  # a norm of the embedding sum (BERT)
-    pooler: bool = False  # dense + tanh on the pooled state before the head (BERT)
+    pooler: bool = False  # a dense layer and pooler_activation on the pooled state before the head (BERT)
+    pooler_activation: Literal["tanh", "relu"] = "tanh"  # BERT's tanh; DistilBERT's pre-classifier uses relu
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._positive("num_classes")
         self._choice("pooling", ["last", "first", "mean"])
+        self._choice("pooler_activation", ["tanh", "relu"])
         if isinstance(self.type_vocab_size, bool) or not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
             raise ConfigError(f"EncoderClassifierConfig.type_vocab_size must be an integer >= 0, got {self.type_vocab_size!r}")
 

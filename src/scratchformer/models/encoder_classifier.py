@@ -29,6 +29,9 @@ def pool(x: Tensor, attention_mask: Tensor | None, how: str) -> Tensor:
     raise ValueError(f"unknown pooling {how!r}")
 
 
+POOLER_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
 class EncoderClassifier(nn.Module):
     """``model(input_ids, attention_mask) -> logits (B, num_classes)``.
 
@@ -70,8 +73,8 @@ class EncoderClassifier(nn.Module):
         """input_ids (B, T); attention_mask (B, T) 1 = real; token_type_ids (B, T). Returns logits (B, K)."""
         x, attentions = self.encode(input_ids, attention_mask, token_type_ids, output_attentions)
         pooled = pool(x, attention_mask, self.config.pooling)  # (B, C)
-        if self.pooler is not None:  # BERT: dense + tanh, then dropout before the head
-            pooled = torch.tanh(self.pooler(pooled))
+        if self.pooler is not None:  # BERT: dense + tanh (DistilBERT: relu), then dropout before the head
+            pooled = POOLER_ACTIVATIONS[self.config.pooler_activation](self.pooler(pooled))
             if self.training and self.head_dropout.p > 0:
                 pooled = self.head_dropout(pooled)
         logits = self.head(pooled)  # (B, K)

@@ -40,14 +40,14 @@ def _checkpoint_model_options(path: Path) -> tuple[dict[str, Any], str]:
             from ..interop.gpt2 import gpt_config_from_gpt2
 
             return {"arch": "gpt", **gpt_config_from_gpt2(hf_config).to_dict()}, "hf"
-        if model_type == "bert":
-            from ..interop.bert import encoder_config_from_bert
+        if model_type in ("bert", "distilbert"):
+            from ..interop.bert import CONFIG_READERS
 
-            options = encoder_config_from_bert(hf_config).to_dict()
+            options = CONFIG_READERS[model_type](hf_config).to_dict()
             options.pop("num_classes")  # the task's classes
             return {"arch": "encoder_classifier", **options}, "hf"
         raise ConfigError(f"init_from={str(path)!r} holds a {model_type!r} model; scratchformer starts from "
-                          "GPT-2 ('gpt2') and BERT ('bert') directories, or from its own run directories")
+                          "GPT-2 ('gpt2'), BERT ('bert') and DistilBERT ('distilbert') directories, or from its own run directories")
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         from .run import read_run_config
 
@@ -107,17 +107,18 @@ def load_init_weights(model: nn.Module, cfg: RunConfig) -> None:
         _, hf_state = _read_directory(path)
         state = state_dict_from_gpt2(hf_state, model.config)
     else:
-        from ..interop.bert import BERT_HEAD, read_bert_directory, state_dict_from_bert
+        from ..interop.bert import LAYOUTS, read_bert_directory, state_dict_from_bert
 
-        _, hf_state = read_bert_directory(path)
+        hf_config, hf_state = read_bert_directory(path)
+        head = LAYOUTS[hf_config["model_type"]].head
         own = model.state_dict()
-        if any(k in hf_state and tuple(hf_state[k].shape) != tuple(own[ours].shape) for k, ours in BERT_HEAD.items()):
-            logger.info("%s classifies %s classes, the task %d: the head starts fresh",
-                        path, tuple(hf_state["classifier.weight"].shape)[0], model.config.num_classes)
-            hf_state = {k: v for k, v in hf_state.items() if k not in BERT_HEAD}
-        state, has_head = state_dict_from_bert(hf_state, model.config)
-        if not has_head:
-            state.update({k: v for k, v in own.items() if k.startswith("head.")})
+        resized = {k for k, ours in head.items() if k in hf_state and tuple(hf_state[k].shape) != tuple(own[ours].shape)}
+        if resized:
+            logger.info("%s has a head of another size than the task's %d classes: %s start fresh",
+                        path, model.config.num_classes, sorted(resized))
+            hf_state = {k: v for k, v in hf_state.items() if k not in resized}
+        state, fresh = state_dict_from_bert(hf_state, model.config, hf_config["model_type"])
+        state.update({k: v for k, v in own.items() if k in fresh})
     model.load_state_dict(state, strict=True)
     logger.info("initialised from the Hugging Face directory %s", path)
 
