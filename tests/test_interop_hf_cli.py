@@ -219,3 +219,11 @@ def test_a_hub_name_offline_says_what_to_download_and_where(capsys, monkeypatch,
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "Traceback" not in err
     assert "config.json, model.safetensors, tokenizer.json" in err and "into one directory" in err, err
+
+
+def test_viz_attention_on_a_gpt2_directory(capsys, gpt2_dir, tmp_path):
+    pytest.importorskip("bertviz")
+    code, out, err = run_cli(capsys, "viz", "attention", str(gpt2_dir), "the cat sat", "--out", str(tmp_path),
+                             "--no-html")
+    assert code == 0, err
+    assert sorted(Path(p).name for p in out.split()) == ["attention_decoder_layer0.png", "attention_decoder_layer1.png"]

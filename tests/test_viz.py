@@ -256,3 +256,41 @@ def test_viz_attention_positional_of_a_learned_run(capsys, trained_runs):
     code, stdout, err = run_cli(capsys, "viz", "positional", str(trained_runs["gpt"]))
     assert code == 0, err
     assert_picture(Path(stdout.strip()))
+
+
+def test_attention_png_labels_its_axes_with_the_tokens(tmp_path):
+    import matplotlib.figure
+
+    from scratchformer.viz.attention import plot_attention
+
+    maps = attention_maps(_models()["encoder_decoder"], torch.tensor([[1, 2, 3, 4]]), torch.tensor([[18, 5, 6]]))
+    seen = []
+    original = matplotlib.figure.Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        ax = self.axes[0]
+        seen.append(([t.get_text() for t in ax.get_yticklabels()], [t.get_text() for t in ax.get_xticklabels()]))
+        return original(self, *args, **kwargs)
+
+    matplotlib.figure.Figure.savefig = spy
+    try:
+        paths = plot_attention(maps, ["a", "b", "c", "d"], tmp_path, decoder_tokens=["<start>", "x", "y"])
+    finally:
+        matplotlib.figure.Figure.savefig = original
+    assert [p.name for p in paths] == [f"attention_{k}_layer{i}.png" for k in ("encoder", "decoder", "cross")
+                                       for i in range(2)]
+    assert seen[0] == (["a", "b", "c", "d"], ["a", "b", "c", "d"])  # encoder: source x source
+    assert seen[2] == (["<start>", "x", "y"], ["<start>", "x", "y"])  # decoder self
+    assert seen[4] == (["<start>", "x", "y"], ["a", "b", "c", "d"])  # cross: decoder queries, source keys
+
+
+@pytest.mark.parametrize("argv", [["viz", "--help"], ["viz", "attention", "--help"], ["viz", "positional", "--help"],
+                                  ["viz", "curves", "--help"]])
+def test_viz_help_has_examples(capsys, argv):
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and "examples:" in out and "scratchformer viz" in out
+
+
+def test_viz_without_a_subcommand_is_a_usage_error(capsys):
+    code, _, err = run_cli(capsys, "viz")
+    assert code == 2 and "attention|positional|curves" in err
