@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save
 from torch import Tensor
 
-from ..config import atomic_write_bytes, load_json, save_json
+from ..io import atomic_write_bytes, load_json, save_json
 from ..errors import CheckpointError, ConfigError
 from ..models.config import EncoderClassifierConfig
 from ..models.encoder_classifier import EncoderClassifier

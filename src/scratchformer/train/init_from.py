@@ -6,7 +6,8 @@ replaces the run's ``model`` section, except for the options that only
 change training: ``dropout`` and ``attn_impl``); the task decides what the
 task decides (a classifier's number of classes: a head of another size is
 made fresh). A text task that names no tokenizer uses the directory's own,
-so the ids mean what the weights were trained on.
+so the ids mean what the weights were trained on, and a task's sequence
+length (``max_length``, ``block_size``) is cut to the checkpoint's positions.
 
 ``prepare_init_from(cfg)`` returns the run config to build, and
 ``load_init_weights(model, cfg)`` copies the weights into the built model.
@@ -80,6 +81,11 @@ def prepare_init_from(cfg: RunConfig) -> RunConfig:
     if kind == "hf" and task.get("tokenizer") in ("char", "bpe"):
         task["tokenizer"] = str(path)  # the ids must mean what the weights learned: the directory's tokenizer
         logger.info("task.tokenizer: the tokenizer of %s", path)
+    for key in ("max_length", "block_size"):  # the checkpoint's positions bound the task's sequences
+        if isinstance(task.get(key), int) and options.get("max_len") and task[key] > options["max_len"]:
+            logger.warning("task.%s=%d is longer than %s's %d positions; using task.%s=%d",
+                           key, task[key], path, options["max_len"], key, options["max_len"])
+            task[key] = options["max_len"]
     return RunConfig.from_dict({**data, "model": options, "task": task, "init_from": str(path)})
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..config import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..errors import ConfigError
 from ..nn.attention import MultiHeadAttention
 from .figure import new_figure, save_png

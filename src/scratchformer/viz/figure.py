@@ -7,7 +7,7 @@ import io
 import os
 from pathlib import Path
 
-from ..config import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 
 def new_figure(width: float, height: float):
