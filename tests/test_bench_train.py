@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from scratchformer.models import GPT, GPTConfig
-from scratchformer.models.common import check_ids, drop_full_mask
+from scratchformer.models.inputs import check_ids, drop_full_mask
 from scratchformer.nn.norm import LayerNorm, layer_norm_formula
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"

@@ -82,6 +82,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subparser per command, each added by its ``_add_<command>_parser``."""
     parser = _Parser(
         prog="scratchformer",
         description="scratchformer: a from-scratch Transformer workbench. Train, evaluate and sample from models.",
@@ -92,7 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log progress details (INFO level)")
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+    _add_train_parser(sub, common)
+    _add_eval_parser(sub, common)
+    _add_generate_parser(sub, common)
+    _add_experiment_parser(sub, common)
+    from .viz.command import add_viz_parser
 
+    add_viz_parser(sub, [common])
+    return parser
+
+
+def _add_train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``scratchformer train``: a config file and key=value overrides, --resume, --run-dir, --print-config."""
     p = sub.add_parser(
         "train",
         help="train a model (default: GPT on reversed-answer addition)",
@@ -109,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", metavar="DIR", help="write the run here (default: train.out_dir/<name or timestamp>)")
     p.add_argument("--print-config", action="store_true", help="print the effective config as JSON and exit")
 
+
+def _add_eval_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``scratchformer eval RUN_DIR``: splits, weights, caps, --json, --compare."""
     p = sub.add_parser(
         "eval",
         help="evaluate a run directory on its task's evaluation splits",
@@ -135,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text", help="for a labelled --data file: the text column (default text)")
     p.add_argument("--label-column", default="label", help="for a labelled --data file: the label column (default label)")
 
+
+def _add_generate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``scratchformer generate RUN_DIR PROMPT``: every decoding option."""
     p = sub.add_parser(
         "generate",
         help="generate text from a trained run",
@@ -165,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best", action="store_true", help="use best.safetensors instead of model.safetensors")
     p.add_argument("--raw", action="store_true", help="print the model's output as is (no un-reversing)")
 
+
+def _add_experiment_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``scratchformer experiment NAME_OR_FILE``: --list, --quick, --seeds, --out."""
     p = sub.add_parser(
         "experiment",
         help="run an experiment: every variant over seeds, evaluated, with a report",
@@ -180,11 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the reduced version (about 30 s), as CI runs it")
     p.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 instead of the experiment's own")
     p.add_argument("--out", metavar="DIR", help="the experiment directory (default runs/experiments/NAME[-quick])")
-
-    from .viz.command import add_viz_parser
-
-    add_viz_parser(sub, [common])
-    return parser
 
 
 # ---------------------------------------------------------------------- train

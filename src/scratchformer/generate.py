@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError, DataError, did_you_mean
+from .models.inputs import check_ids
 
 log = logging.getLogger(__name__)
 
@@ -322,22 +323,75 @@ def _is_encoder_decoder(model: nn.Module) -> bool:
     return hasattr(model, "encode") and hasattr(model, "decode")
 
 
-def _check_ids(ids: Tensor, limit: int, name: str) -> None:
-    if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise DataError(f"{name} must be an integer tensor of token ids, got {type(ids).__name__} {getattr(ids, 'dtype', '')}")
-    if ids.dim() != 2:
-        raise DataError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}; use ids[None] for one sequence")
-    if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= limit:
-            raise DataError(f"{name} contains token id {hi if hi >= limit else lo}, outside the vocabulary [0, {limit})")
-
-
 def _check_mask(mask: Tensor, shape: tuple[int, ...], name: str) -> None:
     if tuple(mask.shape) != tuple(shape):
         raise DataError(f"{name} must have the shape of its ids {tuple(shape)}, got {tuple(mask.shape)}")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise DataError(f"{name} must hold only 0 (padding) and 1 (real token)")
+
+
+def _encoder_decoder_inputs(
+    model: nn.Module,
+    input_ids: Tensor | None,
+    attention_mask: Tensor | None,
+    encoder_input_ids: Tensor | None,
+    encoder_attention_mask: Tensor | None,
+    cfg: GenerationConfig,
+) -> tuple[Tensor, int, int]:
+    """An EncoderDecoder's checked inputs: the decoder's prompt (starting with the start token),
+    the output vocabulary size and the decoder's input vocabulary size (with the start token)."""
+    config = model.config
+    if encoder_input_ids is None:
+        raise DataError("an EncoderDecoder needs encoder_input_ids (the source tokens) to generate")
+    if attention_mask is not None:
+        raise DataError(
+            "for an EncoderDecoder pass the source padding as encoder_attention_mask; attention_mask is the "
+            "prompt mask of decoder-only models"
+        )
+    check_ids(encoder_input_ids, config.src_vocab_size, "encoder_input_ids")
+    if encoder_input_ids.size(1) > config.max_len:
+        raise DataError(
+            f"encoder_input_ids has length {encoder_input_ids.size(1)}, more than the model's max_len={config.max_len}"
+        )
+    if encoder_attention_mask is not None:
+        _check_mask(encoder_attention_mask, tuple(encoder_input_ids.shape), "encoder_attention_mask")
+    in_vocab = model.tgt_embed.tok.num_embeddings  # includes a dedicated start token
+    start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else config.start_token_id
+    if not 0 <= start < in_vocab:
+        raise ConfigError(f"decoder_start_token_id={start} is outside the decoder's input vocabulary [0, {in_vocab})")
+    B = encoder_input_ids.size(0)
+    if input_ids is None:
+        return torch.full((B, 1), start, dtype=torch.long, device=encoder_input_ids.device), config.tgt_vocab_size, in_vocab
+    check_ids(input_ids, in_vocab, "input_ids")
+    if input_ids.size(0) != B:
+        raise DataError(f"input_ids has {input_ids.size(0)} rows but encoder_input_ids has {B}")
+    if input_ids.size(1) == 0 or bool((input_ids[:, 0] != start).any()):
+        input_ids = torch.cat([input_ids.new_full((B, 1), start), input_ids], dim=1)
+    return input_ids, config.tgt_vocab_size, in_vocab
+
+
+def _check_decoder_only_inputs(
+    model: nn.Module,
+    input_ids: Tensor | None,
+    attention_mask: Tensor | None,
+    encoder_input_ids: Tensor | None,
+    encoder_attention_mask: Tensor | None,
+) -> None:
+    """DataError unless a decoder-only model got a non-empty prompt, left-padded if padded, and no source."""
+    if encoder_input_ids is not None or encoder_attention_mask is not None:
+        raise DataError(f"{type(model).__name__} is decoder-only; encoder_input_ids/encoder_attention_mask do not apply")
+    if input_ids is None:
+        raise DataError("generate needs input_ids, the prompt (batch, length)")
+    check_ids(input_ids, model.config.vocab_size, "input_ids")
+    if input_ids.size(1) == 0:
+        raise DataError("input_ids is empty; give at least one token (e.g. a BOS token) to condition on")
+    if attention_mask is not None:
+        _check_mask(attention_mask, tuple(input_ids.shape), "attention_mask")
+        if not bool(attention_mask[:, -1].all()):
+            raise DataError(
+                "attention_mask has padding at the end of a row; decoder-only generation needs left padding "
+                "(pad at the start) so every row's last token is real"
+            )
 
 
 def _prepare(
@@ -354,51 +408,13 @@ def _prepare(
     encdec = _is_encoder_decoder(model)
     R = cfg.num_beams if cfg.num_beams > 1 else cfg.num_return_sequences
     if encdec:
-        if encoder_input_ids is None:
-            raise DataError("an EncoderDecoder needs encoder_input_ids (the source tokens) to generate")
-        if attention_mask is not None:
-            raise DataError(
-                "for an EncoderDecoder pass the source padding as encoder_attention_mask; attention_mask is the "
-                "prompt mask of decoder-only models"
-            )
-        _check_ids(encoder_input_ids, config.src_vocab_size, "encoder_input_ids")
-        if encoder_input_ids.size(1) > config.max_len:
-            raise DataError(
-                f"encoder_input_ids has length {encoder_input_ids.size(1)}, more than the model's max_len={config.max_len}"
-            )
-        if encoder_attention_mask is not None:
-            _check_mask(encoder_attention_mask, tuple(encoder_input_ids.shape), "encoder_attention_mask")
-        vocab = config.tgt_vocab_size
-        in_vocab = model.tgt_embed.tok.num_embeddings  # includes a dedicated start token
-        start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else config.start_token_id
-        if not 0 <= start < in_vocab:
-            raise ConfigError(f"decoder_start_token_id={start} is outside the decoder's input vocabulary [0, {in_vocab})")
-        B = encoder_input_ids.size(0)
-        if input_ids is None:
-            input_ids = torch.full((B, 1), start, dtype=torch.long, device=encoder_input_ids.device)
-        else:
-            _check_ids(input_ids, in_vocab, "input_ids")
-            if input_ids.size(0) != B:
-                raise DataError(f"input_ids has {input_ids.size(0)} rows but encoder_input_ids has {B}")
-            if input_ids.size(1) == 0 or bool((input_ids[:, 0] != start).any()):
-                input_ids = torch.cat([input_ids.new_full((B, 1), start), input_ids], dim=1)
+        input_ids, vocab, in_vocab = _encoder_decoder_inputs(
+            model, input_ids, attention_mask, encoder_input_ids, encoder_attention_mask, cfg
+        )
         pos_module = model.tgt_embed.pos
     else:
-        if encoder_input_ids is not None or encoder_attention_mask is not None:
-            raise DataError(f"{type(model).__name__} is decoder-only; encoder_input_ids/encoder_attention_mask do not apply")
-        if input_ids is None:
-            raise DataError("generate needs input_ids, the prompt (batch, length)")
         vocab = in_vocab = config.vocab_size
-        _check_ids(input_ids, vocab, "input_ids")
-        if input_ids.size(1) == 0:
-            raise DataError("input_ids is empty; give at least one token (e.g. a BOS token) to condition on")
-        if attention_mask is not None:
-            _check_mask(attention_mask, tuple(input_ids.shape), "attention_mask")
-            if not bool(attention_mask[:, -1].all()):
-                raise DataError(
-                    "attention_mask has padding at the end of a row; decoder-only generation needs left padding "
-                    "(pad at the start) so every row's last token is real"
-                )
+        _check_decoder_only_inputs(model, input_ids, attention_mask, encoder_input_ids, encoder_attention_mask)
         pos_module = model.embed.pos
     T0 = input_ids.size(1)
     max_len = config.max_len
@@ -502,6 +518,83 @@ def _gather_beams(x: Tensor, index: Tensor) -> Tensor:
     return torch.take_along_dim(x, index, dim=1)
 
 
+@dataclass
+class _Beams:
+    """Beam search's state for B prompts with M beams each, over the output buffer of ``total`` columns.
+
+    ``running`` (B, M, total) are the live beams and ``running_scores`` (B, M)
+    their summed log-probabilities; ``finished`` (B, M, total) the best
+    finished hypotheses, ``finished_scores`` (B, M) their length-penalised
+    scores (``_EXCLUDED`` for empty slots) and ``is_finished`` (B, M) which
+    slots hold one. ``*_parents`` (B, M, max_new_tokens) record each
+    generated token's parent row (-1 where nothing was generated), to crop
+    the output. ``can_improve`` (B, 1): a prompt's running beams may still
+    beat its worst finished hypothesis.
+    """
+
+    running: Tensor
+    running_scores: Tensor
+    running_parents: Tensor
+    finished: Tensor
+    finished_scores: Tensor
+    finished_parents: Tensor
+    is_finished: Tensor
+    can_improve: Tensor
+
+    @classmethod
+    def start(cls, job: _Job) -> _Beams:
+        B, M = job.batch, job.cfg.num_beams
+        T0, device = job.prompt.size(1), job.prompt.device
+        running = job.prompt.new_full((B, M, job.total), job.pad if job.pad is not None else 0)  # (B, M, total)
+        running[:, :, :T0] = job.prompt.view(B, M, T0)
+        running_scores = torch.zeros(B, M, device=device)
+        running_scores[:, 1:] = _EXCLUDED  # all beams start equal: only the first may expand
+        parents = torch.full((B, M, job.cfg.max_new_tokens), -1, dtype=torch.long, device=device)
+        return cls(
+            running=running, running_scores=running_scores, running_parents=parents,
+            finished=running.clone(), finished_scores=torch.full((B, M), _EXCLUDED, device=device),
+            finished_parents=parents.clone(), is_finished=torch.zeros(B, M, dtype=torch.bool, device=device),
+            can_improve=torch.ones(B, 1, dtype=torch.bool, device=device),
+        )
+
+
+def _beam_candidates(cfg: GenerationConfig, total_lp: Tensor, K: int) -> tuple[Tensor, Tensor]:
+    """The K candidates (B, K) to consider, by summed log-prob (B, M V): the top K, or K sampled
+    without replacement under ``do_sample``; returns (their log-probs, their flat indices), best first."""
+    if not cfg.sampling:
+        return torch.topk(total_lp, K)
+    pick = torch.multinomial(F.softmax(total_lp, dim=-1), K, generator=cfg.generator)  # (B, K)
+    top_lp, order = total_lp.gather(1, pick).sort(dim=-1, descending=True)
+    return top_lp, pick.gather(1, order)
+
+
+def _beam_stops(job: _Job, token: Tensor, cur: int) -> Tensor:
+    """(B, K) bool: the candidate's new token ends it (an EOS, or the buffer's last column)."""
+    if cur + 1 >= job.total:
+        return torch.ones_like(token, dtype=torch.bool)
+    if job.eos is not None:
+        return torch.isin(token, job.eos)
+    return torch.zeros_like(token, dtype=torch.bool)
+
+
+def _keep_finished(beams: _Beams, top_seqs: Tensor, top_parents: Tensor, top_lp: Tensor, just_finished: Tensor,
+                   generated: int, cfg: GenerationConfig) -> None:
+    """Merge the candidates that just finished into the M best finished hypotheses (scored
+    ``log-prob / generated ** length_penalty``), unless the prompt is done or can no longer improve."""
+    M = cfg.num_beams
+    fin_lp = top_lp / (generated ** float(cfg.length_penalty))
+    full = beams.is_finished.all(dim=-1, keepdim=True) & (cfg.early_stopping is True)
+    fin_lp = fin_lp + full.to(torch.float32) * _EXCLUDED
+    fin_lp = fin_lp + (~beams.can_improve).to(torch.float32) * _EXCLUDED
+    fin_lp = fin_lp + (~just_finished) * _EXCLUDED
+    merged_scores = torch.cat([beams.finished_scores, fin_lp], dim=1)  # (B, M + K)
+    best = torch.topk(merged_scores, M).indices
+    beams.finished = _gather_beams(torch.cat([beams.finished, top_seqs], dim=1), best)
+    beams.finished_scores = _gather_beams(merged_scores, best)
+    beams.finished_parents = _gather_beams(torch.cat([beams.finished_parents, top_parents], dim=1), best)
+    beams.is_finished = _gather_beams(torch.cat([beams.is_finished, just_finished], dim=1), best)
+
+
 def _beam_search(job: _Job) -> GenerateOutput:
     """Hugging Face's vectorised beam search (transformers 4.50+ ``_beam_search``).
 
@@ -524,92 +617,51 @@ def _beam_search(job: _Job) -> GenerateOutput:
     n_eos = 0 if job.eos is None else job.eos.numel()
     K = max(2, 1 + n_eos) * M
     in_top = torch.arange(K, device=device) < M  # (K,) only the first M may finish
-    fill = job.pad if job.pad is not None else 0
     min_keep = n_eos + 1 if n_eos else 2
-
-    running = job.prompt.new_full((B, M, job.total), fill)  # (B, M, total)
-    running[:, :, :T0] = job.prompt.view(B, M, T0)
-    finished_seqs = running.clone()
-    running_scores = torch.zeros(B, M, device=device)
-    running_scores[:, 1:] = _EXCLUDED  # all beams start equal: only the first may expand
-    finished_scores = torch.full((B, M), _EXCLUDED, device=device)
-    is_finished = torch.zeros(B, M, dtype=torch.bool, device=device)
-    can_improve = torch.ones(B, 1, dtype=torch.bool, device=device)
-    # parent row of each generated token, -1 where nothing was generated (used to crop the output)
-    running_parents = torch.full((B, M, cfg.max_new_tokens), -1, dtype=torch.long, device=device)
-    finished_parents = running_parents.clone()
+    beams = _Beams.start(job)
     batch_offset = (torch.arange(B, device=device) * M)[:, None]  # (B, 1)
     all_scores: list[Tensor] | None = [] if cfg.return_dict_in_generate and cfg.output_scores else None
     all_logits: list[Tensor] | None = [] if cfg.return_dict_in_generate and cfg.output_logits else None
 
-    cur = T0
-    while cur < job.total:
-        flat = running[:, :, :cur].reshape(N, cur)  # (N, L)
+    for cur in range(T0, job.total):
+        flat = beams.running[:, :, :cur].reshape(N, cur)  # (N, L)
         logits = job.runner.next_logits(flat)  # (N, V)
         log_probs = process_scores(cfg, flat, F.log_softmax(logits, dim=-1), min_keep)  # (N, V)
         if all_logits is not None:
             all_logits.append(logits.clone())
         if all_scores is not None:
             all_scores.append(log_probs.clone())
-        total_lp = (log_probs.view(B, M, V) + running_scores[:, :, None]).view(B, M * V)  # (B, M V)
-
-        if cfg.sampling:
-            pick = torch.multinomial(F.softmax(total_lp, dim=-1), K, generator=cfg.generator)  # (B, K)
-            top_lp = total_lp.gather(1, pick)
-            top_lp, order = top_lp.sort(dim=-1, descending=True)
-            pick = pick.gather(1, order)
-        else:
-            top_lp, pick = torch.topk(total_lp, K)  # (B, K)
-        parent = pick // V  # (B, K) beam within the prompt
-        token = pick % V
-        top_seqs = _gather_beams(running, parent)  # (B, K, total)
+        total_lp = (log_probs.view(B, M, V) + beams.running_scores[:, :, None]).view(B, M * V)  # (B, M V)
+        top_lp, pick = _beam_candidates(cfg, total_lp, K)  # (B, K)
+        parent, token = pick // V, pick % V  # (B, K) beam within the prompt, new token
+        top_seqs = _gather_beams(beams.running, parent)  # (B, K, total)
         top_seqs[:, :, cur] = token
-        top_parents = _gather_beams(running_parents, parent)  # (B, K, max_new)
+        top_parents = _gather_beams(beams.running_parents, parent)  # (B, K, max_new)
         top_parents[:, :, cur - T0] = parent + batch_offset
+        hits = _beam_stops(job, token, cur)
 
-        if cur + 1 >= job.total:
-            hits = torch.ones_like(token, dtype=torch.bool)
-        elif job.eos is not None:
-            hits = torch.isin(token, job.eos)
-        else:
-            hits = torch.zeros_like(token, dtype=torch.bool)
-
-        # the best M candidates that did not stop keep running
+        # the best M candidates that did not stop keep running; those that stopped may join the finished
         run_lp = top_lp + hits.to(torch.float32) * _EXCLUDED
         keep = torch.topk(run_lp, M).indices  # (B, M)
-        running = _gather_beams(top_seqs, keep)
-        running_scores = _gather_beams(run_lp, keep)
-        running_parents = _gather_beams(top_parents, keep)
+        beams.running = _gather_beams(top_seqs, keep)
+        beams.running_scores = _gather_beams(run_lp, keep)
+        beams.running_parents = _gather_beams(top_parents, keep)
+        _keep_finished(beams, top_seqs, top_parents, top_lp, hits & in_top[None, :], cur + 1 - T0, cfg)
+        job.runner.reorder(beams.running_parents[:, :, cur - T0].reshape(N))
 
-        # candidates that stopped join the finished hypotheses if good enough
-        just_finished = hits & in_top[None, :]
-        fin_lp = top_lp / ((cur + 1 - T0) ** lp)
-        full = is_finished.all(dim=-1, keepdim=True) & (es is True)
-        fin_lp = fin_lp + full.to(torch.float32) * _EXCLUDED
-        fin_lp = fin_lp + (~can_improve).to(torch.float32) * _EXCLUDED
-        fin_lp = fin_lp + (~just_finished) * _EXCLUDED
-        merged_scores = torch.cat([finished_scores, fin_lp], dim=1)  # (B, M + K)
-        best = torch.topk(merged_scores, M).indices
-        finished_seqs = _gather_beams(torch.cat([finished_seqs, top_seqs], dim=1), best)
-        finished_scores = _gather_beams(merged_scores, best)
-        finished_parents = _gather_beams(torch.cat([finished_parents, top_parents], dim=1), best)
-        is_finished = _gather_beams(torch.cat([is_finished, just_finished], dim=1), best)
-
-        job.runner.reorder(running_parents[:, :, cur - T0].reshape(N))
-        cur += 1
-
-        best_len = (job.total - T0) if (es == "never" and lp > 0.0) else (cur - T0)
-        best_running = running_scores[:, :1] / (best_len**lp)  # (B, 1)
-        worst_finished = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, _EXCLUDED)
-        can_improve = can_improve & (best_running > worst_finished).any(dim=-1, keepdim=True)
-        go_on = bool(can_improve.any()) and not (bool(is_finished.all()) and es is True) and not bool(hits.all())
-        if not go_on:
+        best_len = (job.total - T0) if (es == "never" and lp > 0.0) else (cur + 1 - T0)
+        best_running = beams.running_scores[:, :1] / (best_len**lp)  # (B, 1)
+        worst_finished = torch.where(beams.is_finished, beams.finished_scores.min(dim=1, keepdim=True).values,
+                                     _EXCLUDED)
+        beams.can_improve &= (best_running > worst_finished).any(dim=-1, keepdim=True)
+        done = bool(beams.is_finished.all()) and es is True
+        if not bool(beams.can_improve.any()) or done or bool(hits.all()):
             break
 
     R = cfg.num_return_sequences
-    seqs = finished_seqs[:, :R].reshape(B * R, job.total)
-    scores = finished_scores[:, :R].reshape(B * R)
-    generated = int((finished_parents[:, :R] >= 0).sum(dim=-1).max()) if cfg.max_new_tokens else 0
+    seqs = beams.finished[:, :R].reshape(B * R, job.total)
+    scores = beams.finished_scores[:, :R].reshape(B * R)
+    generated = int((beams.finished_parents[:, :R] >= 0).sum(dim=-1).max()) if cfg.max_new_tokens else 0
     return GenerateOutput(
         sequences=seqs[:, : T0 + generated],
         scores=tuple(all_scores) if all_scores is not None else None,

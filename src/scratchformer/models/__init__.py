@@ -1,6 +1,6 @@
 """The architectures, each configured by a typed dataclass."""
 
-from .common import ModelCache
+from .stack import ModelCache
 from .config import (
     GPT_PRESETS,
     EncoderClassifierConfig,

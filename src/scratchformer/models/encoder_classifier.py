@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.linear import Linear
-from .common import Embedder, Stack, check_mask, init_weights
+from .inputs import check_mask
+from .stack import Embedder, Stack, init_weights
 from .config import EncoderClassifierConfig
 
 

@@ -10,15 +10,17 @@ from torch import Tensor, nn
 
 from ..nn.attention import KVCache
 from ..nn.linear import Linear, linear
-from .common import Embedder, ModelCache, Stack, check_mask, init_weights
+from ..tasks.base import IGNORE_INDEX
+from .inputs import check_mask
+from .stack import Embedder, ModelCache, Stack, init_weights
 from .config import EncoderDecoderConfig
 
 
 def shift_right(labels: Tensor, start_token_id: int, pad_token_id: int = 0) -> Tensor:
-    """Teacher forcing input: [start, y_0, ..., y_{T-2}]; ignored labels (-100) become padding."""
+    """Teacher forcing input: [start, y_0, ..., y_{T-2}]; ignored labels (``IGNORE_INDEX``) become padding."""
     shifted = labels.new_full(labels.shape, start_token_id)  # (B, T)
     shifted[:, 1:] = labels[:, :-1]
-    return shifted.masked_fill(shifted == -100, pad_token_id)
+    return shifted.masked_fill(shifted == IGNORE_INDEX, pad_token_id)
 
 
 class EncoderDecoder(nn.Module):
@@ -130,7 +132,7 @@ class EncoderDecoder(nn.Module):
 
     def loss(self, encoder_input_ids: Tensor, labels: Tensor, encoder_attention_mask: Tensor | None = None) -> Tensor:
         logits = self(encoder_input_ids, labels=labels, encoder_attention_mask=encoder_attention_mask)
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
 __all__ = ["EncoderDecoder", "shift_right"]

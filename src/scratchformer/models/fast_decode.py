@@ -64,7 +64,8 @@ from ..nn.linear import (
 from ..nn.masks import attention_mask_for
 from ..nn.norm import LayerNorm
 from ..nn.positional import LearnedPositions, PositionalEncoding
-from .common import ModelCache, check_length, check_mask
+from .inputs import check_length, check_mask
+from .stack import ModelCache
 
 Fn = Callable[[Tensor], Tensor]
 

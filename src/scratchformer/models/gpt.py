@@ -12,7 +12,9 @@ from torch import Tensor, nn
 
 from ..nn.attention import KVCache
 from ..nn.linear import Linear
-from .common import Embedder, ModelCache, Stack, check_ids, check_mask, drop_full_mask, init_weights
+from ..tasks.base import IGNORE_INDEX
+from .inputs import check_ids, check_mask, drop_full_mask
+from .stack import Embedder, ModelCache, Stack, init_weights
 from .config import GPTConfig
 from .fast_decode import DecodeStep
 
@@ -124,7 +126,7 @@ class GPT(nn.Module):
     def loss(self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Next-token cross-entropy; ``labels`` (B, T) aligned with input_ids, -100 ignored."""
         logits = self(input_ids, attention_mask)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
     def generate(self, input_ids: Tensor, **kwargs):
         """Decode new tokens after ``input_ids``; see ``scratchformer.generate.generate``

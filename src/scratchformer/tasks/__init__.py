@@ -32,7 +32,8 @@ from scratchformer.tasks.base import (
     register_task,
     task_for_prompts,
 )
-from scratchformer.tasks.classification import TextClassificationConfig, TextClassificationTask, read_records
+from scratchformer.tasks.classification import TextClassificationConfig, TextClassificationTask
+from scratchformer.tasks.files import read_records
 from scratchformer.tasks.contamination import contamination_report, task_contamination
 from scratchformer.tasks.regression import RegressionConfig, RegressionTask
 from scratchformer.tasks.text import (

@@ -11,14 +11,9 @@ N examples, T tokens.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,65 +26,12 @@ from scratchformer.tasks.base import (
     check_split_fractions,
     register_task,
 )
-from scratchformer.tasks.text import decode_utf8, resolve_tokenizer
+from scratchformer.tasks.files import read_records
+from scratchformer.tasks.text import resolve_tokenizer
 
 logger = logging.getLogger(__name__)
 
 _BPE_BOS = "<|bos|>"
-
-
-def read_records(path: str | os.PathLike[str], required: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Rows of a .csv (header row) or .jsonl/.json (one object per line, or one JSON list) file.
-
-    Raises:
-        DataError: missing file, not UTF-8 (byte offset), bad JSON (line
-            number), a row missing a ``required`` column, or no rows.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"data file {path} does not exist") from None
-    text = decode_utf8(raw, path)
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        records = list(reader)
-        columns = reader.fieldnames or []
-    elif suffix in (".jsonl", ".json"):
-        records = _parse_json_records(text, path)
-        columns = sorted({k for r in records for k in r})
-    else:
-        raise ConfigError(f"cannot read {path}: use a .csv, .jsonl or .json file")
-    if not records:
-        raise DataError(f"{path} has no data rows (an empty dataset)")
-    for name in required:
-        if name not in columns:
-            raise DataError(f"{path} has no column {name!r}; its columns are {list(columns)}")
-    return records
-
-
-def _parse_json_records(text: str, path: Path) -> list[dict[str, Any]]:
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} is not valid JSON: {err}") from None
-        records = data
-    else:
-        records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {lineno} is not valid JSON: {err.msg}") from None
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise DataError(f"{path} record {i} is a {type(rec).__name__}, not a JSON object")
-    return records
 
 
 def label_vocabulary(labels: Sequence[Any]) -> tuple[str, ...]:

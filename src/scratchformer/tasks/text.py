@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from scratchformer.errors import ConfigError, DataError
 from scratchformer.tasks.base import Example, PrebuiltSplitsTask, TaskConfig, register_task
+from scratchformer.tasks.files import decode_utf8, read_records
 from scratchformer.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -58,18 +59,6 @@ def read_text_file(path: str | os.PathLike[str]) -> str:
     if not text.strip():
         raise DataError(f"{path} is an empty corpus (no non-whitespace text); give a file with text in it")
     return text
-
-
-def decode_utf8(raw: bytes, path: str | os.PathLike[str]) -> str:
-    """Decode ``raw`` as UTF-8; DataError naming ``path`` and the first bad byte offset."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        bad = raw[err.start : err.start + 4]
-        raise DataError(
-            f"{path} is not UTF-8: byte offset {err.start} holds {bad!r} ({err.reason}); "
-            f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from None
 
 
 # ---------------------------------------------------------------------- tokenizers
@@ -402,8 +391,6 @@ def read_lines(path: str | os.PathLike[str]) -> list[str]:
     if suffix == ".parquet":
         return load_wikitext(split="train", data_files=str(path))
     if suffix in (".json", ".jsonl"):
-        from scratchformer.tasks.classification import read_records
-
         return [str(r) for r in (rec.get("text") for rec in read_records(path, required=("text",))) if r is not None]
     return read_text_file(path).splitlines()
 

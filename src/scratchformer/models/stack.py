@@ -1,5 +1,6 @@
-"""Pieces the three architectures share: embeddings, a block stack, the
-decoding cache, weight initialisation and input checks.
+"""The body the three architectures share: the embedder (tokens, positions),
+a stack of blocks with its final norm, the per-layer decoding cache, and
+weight initialisation. (Input checks are in :mod:`.inputs`.)
 
 Legend: B batch, T length, C model width, V vocabulary.
 """
@@ -17,6 +18,7 @@ from ..nn.blocks import Block, BlockSpec
 from ..nn.norm import build_norm
 from ..nn.positional import PositionalEncoding, build_positional
 from .config import TransformerConfig
+from .inputs import check_ids, check_length
 
 
 def block_spec(cfg: TransformerConfig) -> BlockSpec:
@@ -71,7 +73,7 @@ class Embedder(nn.Module):
         T = ids.size(1)
         check_ids(ids, self.tok.num_embeddings, "input_ids")
         check_length(start + T, self.max_len)
-        x = self.tok(ids)  # (B, T, C)
+        x = self.tok(ids if ids.dtype in (torch.int64, torch.int32) else ids.long())  # (B, T, C)
         if self.scale != 1.0:
             x = x * self.scale
         positions = position_ids if position_ids is not None else self.positions[start : start + T]  # (T,)
@@ -85,50 +87,6 @@ class Embedder(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         return self.drop(x) if self.training and self.drop.p > 0 else x
-
-
-def check_ids(ids: Tensor, vocab_size: int, name: str) -> None:
-    """Raise unless ``ids`` is an integer tensor with every id in [0, vocab_size).
-
-    One pass over the ids (``aminmax``). Skipped inside ``torch.compile``, where
-    reading the values would break the graph (the embedding lookup still fails
-    on a bad id there, with torch's less specific message).
-    """
-    if ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
-    if ids.numel() == 0 or torch.compiler.is_compiling():
-        return
-    lo, hi = (int(v) for v in torch.aminmax(ids))
-    if lo < 0 or hi >= vocab_size:
-        bad = hi if hi >= vocab_size else lo
-        raise ValueError(f"{name} contains token id {bad}, outside the vocabulary [0, {vocab_size})")
-
-
-def check_length(S: int, max_len: int) -> None:
-    """Raise unless a sequence of S positions fits the model's learned or tabulated positions."""
-    if S > max_len:
-        raise ValueError(
-            f"sequence length {S} exceeds the model's max_len={max_len}; "
-            f"shorten the input or build the model with a larger max_len"
-        )
-
-
-def check_mask(mask: Tensor | None, B: int, S: int, name: str) -> None:
-    if mask is not None and tuple(mask.shape) != (B, S):
-        raise ValueError(f"{name} must have shape ({B}, {S}) to cover every key position, got {tuple(mask.shape)}")
-
-
-def drop_full_mask(mask: Tensor | None) -> Tensor | None:
-    """``None`` when the (B, S) padding mask marks every position real, else ``mask``.
-
-    Masking nothing is the same as having no mask, and without one causal
-    self-attention takes SDPA's ``is_causal`` kernel instead of building and
-    applying a (B, 1, T, S) boolean mask. On a GPU the test costs one host sync,
-    and under ``torch.compile`` one graph break.
-    """
-    if mask is not None and bool(mask.all()):
-        return None
-    return mask
 
 
 @dataclass
