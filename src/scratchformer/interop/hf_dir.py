@@ -229,8 +229,7 @@ def evaluate_hf_dir(
     """
     import torch.nn.functional as F
 
-    from ..tasks.classification import read_records
-    from ..tasks.text import decode_utf8
+    from ..tasks.files import decode_utf8, read_records
 
     tok = hf.tokenizer
     model = hf.model.eval()
