@@ -227,3 +227,17 @@ def test_viz_attention_on_a_gpt2_directory(capsys, gpt2_dir, tmp_path):
                              "--no-html")
     assert code == 0, err
     assert sorted(Path(p).name for p in out.split()) == ["attention_decoder_layer0.png", "attention_decoder_layer1.png"]
+
+
+def test_train_init_from_a_run_directory_continues_from_its_weights(capsys, tmp_path):
+    common = ["train.batch_size=16", "train.eval_every=0", "train.threads=1", "train.warmup_steps=0",
+              "task.num_examples=300", "model.d_model=32", "model.n_head=2"]
+    code, _, err = run_cli(capsys, "train", "train.steps=3", *common, "--run-dir", str(tmp_path / "first"))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", f"init_from={tmp_path / 'first'}", "train.steps=1", "train.lr=0",
+                           "model.d_model=64", *common, "--run-dir", str(tmp_path / "second"))
+    assert code == 0, err
+    first, second = load_run(tmp_path / "first").model, load_run(tmp_path / "second").model
+    assert second.config.d_model == 32  # the checkpoint decides the shape (model.d_model=64 ignored, with a warning)
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -294,3 +294,26 @@ def test_viz_help_has_examples(capsys, argv):
 def test_viz_without_a_subcommand_is_a_usage_error(capsys):
     code, _, err = run_cli(capsys, "viz")
     assert code == 2 and "attention|positional|curves" in err
+
+
+def test_training_accuracy_is_the_accuracy_on_the_examples_trained_on(capsys, tmp_path):
+    """With lr=0 the weights never change, so the accuracy logged over exactly one epoch equals the
+    model's accuracy on the whole training split."""
+    from scratchformer.tasks import build_task
+
+    options = dict(train_lengths=[3, 4], test_lengths=[3, 4], train_examples_per_length=60, test_examples_per_length=10)
+    n = len(build_task("difference_sign", **options).dataset("train"))
+    batch = next(b for b in (8, 7, 6, 5, 4, 3, 2, 1) if n % b == 0)
+    steps = n // batch
+    run = tmp_path / "lr0"
+    code = main(["train", "model.arch=encoder_classifier", "task.name=difference_sign", "model.d_model=32",
+                 "model.n_head=2", *[f"task.{k}={json.dumps(v)}" for k, v in options.items()],
+                 f"train.batch_size={batch}", f"train.steps={steps}", f"train.log_every={steps}", "train.lr=0",
+                 "train.eval_every=0", "train.threads=1", "train.warmup_steps=0", "--run-dir", str(run)])
+    assert code == 0
+    record = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in x][0]
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "train", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert record["accuracy"] == pytest.approx(report["metrics"]["accuracy"], abs=1e-9)
+    assert 0.0 < record["accuracy"] < 1.0  # an untrained model: a real fraction, not a constant

@@ -1,4 +1,4 @@
-"""The ``scratchformer`` command: train, eval, generate, experiment.
+"""The ``scratchformer`` command: train, eval, generate, experiment, viz.
 
 Every subcommand has ``--help`` with examples. A bad input (a missing run
 directory, an unknown config key, an impossible value) prints one line
@@ -32,9 +32,11 @@ examples:
   scratchformer train model.n_layer=4 task.max_digits=4 train.lr=1e-3 seed=1
   scratchformer train model.arch=encoder_classifier task.name=difference_sign train.steps=500
   scratchformer train --resume runs/longer            continue a killed or finished run
+  scratchformer train init_from=path/to/bert task.name=text_classification task.path=reviews.csv
+      fine-tune a Hugging Face BERT directory (or GPT-2, or a run directory) on a labelled CSV/JSONL
   torchrun --nproc_per_node=2 -m scratchformer train train.batch_size=256      data parallel
 
-overrides are key=value with dotted keys in the sections model.*, task.*, train.*, and seed, name;
+overrides are key=value with dotted keys in the sections model.*, task.*, train.*, and seed, name, init_from;
 values are JSON literals (4, 1e-3, true, [3, 4], null) or else strings. An unknown key is an error
 with a did-you-mean. `--print-config` shows the resulting config (model and task fields left out
 take their class defaults or are filled in from the task; config.json in the run directory has them all).
