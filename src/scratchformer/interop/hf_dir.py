@@ -208,7 +208,6 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
 # --- evaluating a HF directory on a file -------------------------------------------------
 
 
-@torch.no_grad()
 def evaluate_hf_dir(
     hf: HFModelDir,
     data: str | os.PathLike,
@@ -227,70 +226,90 @@ def evaluate_hf_dir(
     ``label_column``; labels are the config's label names or class numbers);
     returns loss and accuracy.
     """
+    hf.model.eval()
+    with torch.no_grad():
+        if hf.arch == "gpt":
+            return _evaluate_text(hf, Path(data), batch_size, max_examples, block_size)
+        return _evaluate_labelled(hf, data, batch_size, max_examples, text_column, label_column)
+
+
+def _evaluate_text(hf: HFModelDir, path: Path, batch_size: int, max_examples: int, block_size: int | None):
     import torch.nn.functional as F
 
-    from ..tasks.files import decode_utf8, read_records
+    from ..tasks.files import decode_utf8
 
-    tok = hf.tokenizer
-    model = hf.model.eval()
-    if hf.arch == "gpt":
-        path = Path(data)
-        if not path.is_file():
-            raise DataError(f"data file {path} does not exist")
-        ids = tok.encode(decode_utf8(path.read_bytes(), path))
-        T = min(block_size or model.config.max_len, model.config.max_len)
-        rows = [ids[i : i + T] for i in range(0, max(len(ids) - 1, 1), T)]
-        rows = [r for r in rows if len(r) > 1][: max_examples or None]
-        if not rows:
-            raise DataError(f"{path} has fewer than two tokens; nothing to evaluate")
-        loss_sum, correct, count = 0.0, 0, 0
-        for i in range(0, len(rows), batch_size):
-            batch = rows[i : i + batch_size]
-            width = max(len(r) for r in batch)
-            x = torch.zeros(len(batch), width, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            for j, r in enumerate(batch):
-                x[j, : len(r)] = torch.tensor(r)
-                labels[j, : len(r)] = torch.tensor(r)
-            logits = model(x)[:, :-1]  # (B, T-1, V): right padding never reaches a real position
-            target = labels[:, 1:]
-            loss_sum += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum"))
-            scored = target != -100
-            correct += int(((logits.argmax(-1) == target) & scored).sum())
-            count += int(scored.sum())
-        loss = loss_sum / count
-        return {"loss": loss, "token_accuracy": correct / count, "perplexity": math.exp(min(loss, 700.0)),
-                "examples": float(len(rows))}
+    model, tok = hf.model, hf.tokenizer
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    ids = tok.encode(decode_utf8(path.read_bytes(), path))
+    T = min(block_size or model.config.max_len, model.config.max_len)
+    rows = [ids[i : i + T] for i in range(0, max(len(ids) - 1, 1), T)]
+    rows = [r for r in rows if len(r) > 1][: max_examples or None]
+    if not rows:
+        raise DataError(f"{path} has fewer than two tokens; nothing to evaluate")
+    loss_sum, correct, count = 0.0, 0, 0
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i : i + batch_size]
+        width = max(len(r) for r in batch)
+        x = torch.zeros(len(batch), width, dtype=torch.long)  # (B, T)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for j, r in enumerate(batch):
+            x[j, : len(r)] = torch.tensor(r)
+            labels[j, : len(r)] = torch.tensor(r)
+        logits = model(x)[:, :-1]  # (B, T-1, V): right padding never reaches a real position
+        target = labels[:, 1:]
+        loss_sum += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum"))
+        scored = target != -100
+        correct += int(((logits.argmax(-1) == target) & scored).sum())
+        count += int(scored.sum())
+    loss = loss_sum / count
+    return {"loss": loss, "token_accuracy": correct / count, "perplexity": math.exp(min(loss, 700.0)),
+            "examples": float(len(rows))}
+
+
+def _evaluate_labelled(hf: HFModelDir, data, batch_size: int, max_examples: int, text_column: str,
+                       label_column: str) -> dict[str, float]:
+    import torch.nn.functional as F
+
+    from ..tasks.files import read_records
+
+    model, tok = hf.model, hf.tokenizer
     records = read_records(data, required=(text_column, label_column))[: max_examples or None]
-    label2id = {str(k): int(v) for k, v in (hf.hf_config.get("label2id") or {}).items()}
-    K = model.config.num_classes
-    labels = []
-    for i, r in enumerate(records):
-        raw = str(r[label_column]).strip()
-        if raw in label2id:
-            labels.append(label2id[raw])
-        elif raw.isdigit() and int(raw) < K:
-            labels.append(int(raw))
-        else:
-            raise DataError(f"{data} record {i} has label {raw!r}, which is neither one of the model's labels "
-                            f"{sorted(label2id)} nor a class number below {K}")
+    labels = _label_ids(records, label_column, hf, data)
     T = model.config.max_len
     loss_sum, correct = 0.0, 0
     for i in range(0, len(records), batch_size):
         rows = [[tok.bos_token_id, *tok.encode(str(r[text_column]))][: T - 1] + [tok.eos_token_id]
                 for r in records[i : i + batch_size]]
         width = max(len(r) for r in rows)
-        x = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        x = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)  # (B, T)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for j, r in enumerate(rows):
             x[j, : len(r)] = torch.tensor(r)
             mask[j, : len(r)] = 1
         y = torch.tensor(labels[i : i + batch_size])
-        logits = model(x, mask)
+        logits = model(x, mask)  # (B, K)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(-1) == y).sum())
     n = len(records)
     return {"loss": loss_sum / n, "accuracy": correct / n, "examples": float(n)}
+
+
+def _label_ids(records: list[dict[str, Any]], label_column: str, hf: HFModelDir, data) -> list[int]:
+    """Each record's class: a label name of the model's config, or a class number below num_classes."""
+    label2id = {str(k): int(v) for k, v in (hf.hf_config.get("label2id") or {}).items()}
+    K = hf.model.config.num_classes
+    out = []
+    for i, r in enumerate(records):
+        raw = str(r[label_column]).strip()
+        if raw in label2id:
+            out.append(label2id[raw])
+        elif raw.isdigit() and int(raw) < K:
+            out.append(int(raw))
+        else:
+            raise DataError(f"{data} record {i} has label {raw!r}, which is neither one of the model's labels "
+                            f"{sorted(label2id)} nor a class number below {K}")
+    return out
 
 
 __all__ = ["HUB_FILES", "HFModelDir", "evaluate_hf_dir", "looks_like_hub_name", "resolve_model_dir", "has_tokenizer_files", "is_hf_dir", "load_hf_dir", "load_hf_tokenizer", "read_hf_config"]

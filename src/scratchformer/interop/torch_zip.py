@@ -105,105 +105,126 @@ def read_torch_zip(path: str | Path) -> dict[str, Tensor]:
         return _interpret(zf.read(pkl[0]), path, rebuild)
 
 
-def _interpret(data: bytes, path: Path, rebuild) -> dict[str, Tensor]:
-    stack: list[Any] = []
-    memo: dict[int, Any] = {}
+#: Instructions that push their argument, push a constant, or push an empty container.
+_PUSH_ARG = frozenset({"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BININT", "BININT1", "BININT2",
+                       "LONG1", "INT", "BINFLOAT", "SHORT_BINSTRING", "BINSTRING"})
+_CONSTANTS = {"NEWTRUE": True, "NEWFALSE": False, "NONE": None}
+_EMPTY = {"EMPTY_DICT": dict, "EMPTY_LIST": list, "EMPTY_TUPLE": tuple}
 
-    def pop_mark() -> list[Any]:
+
+class _Machine:
+    """The few pickle instructions a state dict uses, each building plain data (see the module docstring)."""
+
+    def __init__(self, path: Path, rebuild) -> None:
+        self.path, self.rebuild = path, rebuild
+        self.stack: list[Any] = []
+        self.memo: dict[int, Any] = {}
+
+    def run(self, data: bytes) -> Any:
+        for op, arg, _pos in pickletools.genops(data):  # parses; never executes
+            if op.name == "STOP":
+                break
+            self.step(op.name, arg)
+        if len(self.stack) != 1:
+            raise _refuse(self.path, "it does not hold a single object")
+        return self.stack[0]
+
+    def pop_mark(self) -> list[Any]:
+        stack = self.stack
         i = len(stack) - 1 - stack[::-1].index(_MARK)
         items = stack[i + 1 :]
         del stack[i:]
         return items
 
+    def step(self, name: str, arg: Any) -> None:
+        stack = self.stack
+        if name in ("PROTO", "FRAME"):
+            return
+        if name in _PUSH_ARG:
+            stack.append(arg)
+        elif name in _CONSTANTS:
+            stack.append(_CONSTANTS[name])
+        elif name in _EMPTY:
+            stack.append(_EMPTY[name]())
+        elif name == "MARK":
+            stack.append(_MARK)
+        elif name == "TUPLE":
+            stack.append(tuple(self.pop_mark()))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = tuple(stack[-n:])
+            del stack[-n:]
+            stack.append(items)
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            self.memo[int(arg)] = stack[-1]
+        elif name == "MEMOIZE":
+            self.memo[len(self.memo)] = stack[-1]
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            stack.append(self.memo[int(arg)])
+        elif name in ("SETITEM", "SETITEMS", "APPEND", "APPENDS"):
+            self.fill(name)
+        elif name in ("GLOBAL", "STACK_GLOBAL"):
+            self.global_name(*(arg.split(" ", 1) if name == "GLOBAL" else reversed([stack.pop(), stack.pop()])))
+        elif name == "BINPERSID":
+            self.storage(stack.pop())
+        elif name == "REDUCE":
+            args, fn = stack.pop(), stack.pop()
+            stack.append(self.call(fn, args))
+        elif name == "BUILD":
+            stack.pop()  # instance state (an OrderedDict's _metadata): not needed for the tensors
+        else:
+            raise _refuse(self.path, f"its pickle uses the {name} instruction, which plain tensors never need")
+
+    def fill(self, name: str) -> None:
+        stack = self.stack
+        if name == "SETITEM":
+            value, key = stack.pop(), stack.pop()
+            stack[-1][key] = value
+        elif name == "SETITEMS":
+            items = self.pop_mark()
+            stack[-1].update(zip(items[0::2], items[1::2]))
+        elif name == "APPEND":
+            value = stack.pop()
+            stack[-1].append(value)
+        else:
+            items = self.pop_mark()
+            stack[-1].extend(items)
+
+    def global_name(self, module: str, attr: str) -> None:
+        allowed = ((module, attr) in _REBUILD or (module, attr) == ("collections", "OrderedDict")
+                   or (module == "torch" and attr in STORAGE_DTYPES))
+        if not allowed:
+            raise _refuse(self.path, f"its pickle names {module}.{attr}, which is not a tensor or a plain container")
+        self.stack.append(_Global(module, attr))
+
+    def storage(self, pid: Any) -> None:
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and isinstance(pid[1], _Global)
+                and pid[1].name in STORAGE_DTYPES):
+            raise _refuse(self.path, f"it refers to an external object {pid!r} that is not a tensor storage")
+        self.stack.append(_Storage(STORAGE_DTYPES[pid[1].name], str(pid[2])))
+
+    def call(self, fn: Any, args: Any) -> Any:
+        if not isinstance(fn, _Global) or not isinstance(args, tuple):
+            raise _refuse(self.path, "its pickle calls something that is not an allowed name")
+        if (fn.module, fn.name) == ("collections", "OrderedDict"):
+            return {}
+        if (fn.module, fn.name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return self.rebuild(*args)
+        if (fn.module, fn.name) == ("torch._utils", "_rebuild_parameter"):
+            if not args or not isinstance(args[0], Tensor):
+                raise _refuse(self.path, "a parameter is built from something that is not a tensor")
+            return args[0]
+        raise _refuse(self.path, f"its pickle calls {fn.module}.{fn.name}")
+
+
+def _interpret(data: bytes, path: Path, rebuild) -> dict[str, Tensor]:
+    """The state dict described by the pickle ``data`` (tensors made by ``rebuild``)."""
     try:
-        for op, arg, _pos in pickletools.genops(data):
-            name = op.name
-            if name in ("PROTO", "FRAME"):
-                continue
-            if name == "STOP":
-                break
-            if name in ("EMPTY_DICT",):
-                stack.append({})
-            elif name == "EMPTY_LIST":
-                stack.append([])
-            elif name == "EMPTY_TUPLE":
-                stack.append(())
-            elif name == "MARK":
-                stack.append(_MARK)
-            elif name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BININT", "BININT1", "BININT2",
-                          "LONG1", "INT", "BINFLOAT", "SHORT_BINSTRING", "BINSTRING"):
-                stack.append(arg)
-            elif name == "NEWTRUE":
-                stack.append(True)
-            elif name == "NEWFALSE":
-                stack.append(False)
-            elif name == "NONE":
-                stack.append(None)
-            elif name == "TUPLE":
-                stack.append(tuple(pop_mark()))
-            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                n = int(name[-1])
-                items = tuple(stack[-n:])
-                del stack[-n:]
-                stack.append(items)
-            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[int(arg)] = stack[-1]
-            elif name == "MEMOIZE":
-                memo[len(memo)] = stack[-1]
-            elif name in ("BINGET", "LONG_BINGET", "GET"):
-                stack.append(memo[int(arg)])
-            elif name == "SETITEM":
-                value, key = stack.pop(), stack.pop()
-                stack[-1][key] = value
-            elif name == "SETITEMS":
-                items = pop_mark()
-                stack[-1].update(zip(items[0::2], items[1::2]))
-            elif name == "APPEND":
-                value = stack.pop()
-                stack[-1].append(value)
-            elif name == "APPENDS":
-                items = pop_mark()
-                stack[-1].extend(items)
-            elif name in ("GLOBAL", "STACK_GLOBAL"):
-                if name == "GLOBAL":
-                    module, attr = arg.split(" ", 1)
-                else:
-                    attr, module = stack.pop(), stack.pop()
-                if (module, attr) in _REBUILD or (module, attr) == ("collections", "OrderedDict") or (
-                    module == "torch" and attr in STORAGE_DTYPES
-                ):
-                    stack.append(_Global(module, attr))
-                else:
-                    raise _refuse(path, f"its pickle names {module}.{attr}, which is not a tensor or a plain container")
-            elif name == "BINPERSID":
-                pid = stack.pop()
-                if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and isinstance(pid[1], _Global)
-                        and pid[1].name in STORAGE_DTYPES):
-                    raise _refuse(path, f"it refers to an external object {pid!r} that is not a tensor storage")
-                stack.append(_Storage(STORAGE_DTYPES[pid[1].name], str(pid[2])))
-            elif name == "REDUCE":
-                args, fn = stack.pop(), stack.pop()
-                if not isinstance(fn, _Global) or not isinstance(args, tuple):
-                    raise _refuse(path, "its pickle calls something that is not an allowed name")
-                if (fn.module, fn.name) == ("collections", "OrderedDict"):
-                    stack.append({})
-                elif (fn.module, fn.name) == ("torch._utils", "_rebuild_tensor_v2"):
-                    stack.append(rebuild(*args))
-                elif (fn.module, fn.name) == ("torch._utils", "_rebuild_parameter"):
-                    if not args or not isinstance(args[0], Tensor):
-                        raise _refuse(path, "a parameter is built from something that is not a tensor")
-                    stack.append(args[0])
-                else:
-                    raise _refuse(path, f"its pickle calls {fn.module}.{fn.name}")
-            elif name == "BUILD":
-                stack.pop()  # instance state (an OrderedDict's _metadata): not needed for the tensors
-            else:
-                raise _refuse(path, f"its pickle uses the {name} instruction, which plain tensors never need")
-    except (IndexError, KeyError, ValueError, TypeError) as e:
+        state = _Machine(path, rebuild).run(data)
+    except (IndexError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise _refuse(path, f"its pickle is malformed ({type(e).__name__}: {e})") from None
-    if len(stack) != 1 or not isinstance(stack[0], dict):
+    if not isinstance(state, dict):
         raise _refuse(path, "it does not hold a single dict")
-    state = stack[0]
     if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise _refuse(path, "it does not hold a state dict (a mapping from names to tensors)")
     return state
