@@ -3,9 +3,10 @@
 Two measurements, float32, the CPU's default thread count (or ``--threads``):
 
 - **Training shapes** (GPT 4 layers x width 128, 768 rows = batch 12 x
-  context 64): forward + backward of one Linear, ``F.linear`` vs
-  ``scratchformer.nn.linear.linear`` with the oneDNN backend; GFLOP/s
-  counting the three products (6 N K M flops).
+  context 64): forward + backward of one Linear, ``F.linear`` vs oneDNN
+  (``scratchformer.nn.linear.onednn_autograd_linear``); GFLOP/s counting the
+  three products (6 N K M flops), and the kernel ``KernelTuner`` (the
+  default) chooses for that shape on this machine.
 - **Decoding at the GPT-2 124M shape** (one row): the 48 block matmuls and
   the LM head in sequence, so each weight comes from memory as in a decoding
   step; GB/s of weights read, ``F.linear`` vs oneDNN vs ``row_linear`` (the
@@ -37,8 +38,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from scratchformer.nn.linear import (  # noqa: E402
-    linear,
-    linear_backend,
+    KernelTuner,
+    cpu_model,
+    onednn_autograd_linear,
     onednn_available,
     onednn_linear,
     row_linear,
@@ -80,13 +82,13 @@ def training_rows(rounds: int) -> list[dict]:
             F.linear(x, w, b).backward(dy)
 
         def onednn_step():
-            with linear_backend("onednn"):
-                linear(x, w, b).backward(dy)
+            onednn_autograd_linear(x, w, b).backward(dy)
 
         t = interleave({"torch": torch_step, "onednn": onednn_step}, rounds, 20)
         flops = 6 * N * K * M
         rows.append({"shape": f"({N}, {K}) x ({K}, {M})", "torch_gflops": flops / t["torch"] / 1e9,
-                     "onednn_gflops": flops / t["onednn"] / 1e9, "ratio": t["torch"] / t["onednn"]})
+                     "onednn_gflops": flops / t["onednn"] / 1e9, "ratio": t["torch"] / t["onednn"],
+                     "chosen": KernelTuner().kernel_for(x, w, b)})
     return rows
 
 
@@ -121,10 +123,12 @@ def decoding_row(rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7; --quick 3)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (well under a minute)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default=str(HERE / "out" / "bench_linear.json"))
     args = parser.parse_args()
+    args.rounds = args.rounds or (3 if args.quick else 7)
     if not onednn_available():
         sys.exit("this PyTorch build has no oneDNN linear kernel: nothing to compare")
     if args.threads:
@@ -133,13 +137,16 @@ def main() -> None:
     decode = decoding_row(args.rounds)
     command = "PYTHONPATH=src .venv/bin/python benchmarks/bench_linear.py " + " ".join(sys.argv[1:])
     lines = [
-        f"Measured with `{command.strip()}`: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"Measured with `{command.strip()}` on {cpu_model()}: torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.1f} at the end. float32; medians of interleaved rounds.",
         "",
-        "| Linear forward + backward (training shapes) | F.linear GFLOP/s | oneDNN GFLOP/s | oneDNN / F.linear |",
-        "|---|---:|---:|---:|",
+        "| Linear forward + backward (training shapes) | F.linear GFLOP/s | oneDNN GFLOP/s | oneDNN / F.linear "
+        "| measured choice |",
+        "|---|---:|---:|---:|---|",
     ]
-    lines += [f"| {r['shape']} | {r['torch_gflops']:.0f} | {r['onednn_gflops']:.0f} | **{r['ratio']:.2f}x** |" for r in train]
+    lines += [f"| {r['shape']} | {r['torch_gflops']:.0f} | {r['onednn_gflops']:.0f} | **{r['ratio']:.2f}x** "
+              f"| {r['chosen']} |" for r in train]
     lines += [
         "",
         "| batch-1 decoding matmuls, GPT-2 124M shape | kernel | time | weights read | speed / F.linear |",
@@ -154,7 +161,7 @@ def main() -> None:
     print(md)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"command": command.strip(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"command": command.strip(), "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "python": platform.python_version(), "training": train, "decoding": decode}
     for path, text in ((out, json.dumps(result, indent=2) + "\n"), (out.with_suffix(".md"), md)):
         tmp = path.with_name(path.name + ".tmp")

@@ -1,9 +1,15 @@
-"""Training-step speed of scratchformer's GPT against a plain PyTorch GPT of the same shape.
+"""Training-step speed of scratchformer's GPT against a plain PyTorch GPT of the same shape,
+and against nanoGPT's own model.py (``--nanogpt DIR``).
 
-One training step = forward + loss + backward + optimizer step + zero_grad,
-timed with ``time.perf_counter`` around the whole step (CPU: every op is
-synchronous). Both sides see the same batches of tiny Shakespeare characters,
-the same number of threads and float32. Variants are interleaved round by
+One training step = forward + loss + backward + gradient clipping (when the
+trainer clips by default) + optimizer step + zero_grad, timed with
+``time.perf_counter`` around the whole step (CPU: every op is synchronous).
+The scratchformer side is what a user of the trainer gets by default: the
+model as built, its Linear kernels measured (``nn.linear.linear_kernels`` with
+``TrainConfig``'s default backend), the default optimizer built by the
+trainer's factory with ``TrainConfig``'s defaults (``--optim`` changes only the
+``optim`` section's rows). Both sides see the same batches of tiny Shakespeare
+characters, the same number of threads and float32. Variants are interleaved round by
 round (in rotating order) so that machine noise hits them alike; each figure
 is the median over all timed steps, and each ratio also comes with the spread
 of the per-round ratios.
@@ -11,6 +17,11 @@ of the per-round ratios.
 Sections (all run by default):
 
 - ``speed``: scratchformer eager / compiled vs baseline eager / compiled;
+- ``nanogpt`` (with ``--nanogpt DIR``, a checkout of karpathy/nanoGPT the user
+  provides; nothing of it is copied here): scratchformer's default step vs
+  nanoGPT's ``model.py`` ``GPT`` (its ``GPTConfig`` defaults besides the shape)
+  with the optimizer its ``configure_optimizers`` builds (train.py's default
+  weight decay and betas), both clipping gradients at 1.0 as both trainers do;
 - ``changes``: the foundation's GPT, then each speed change in turn, vs the baseline;
 - ``dtype``: scratchformer eager, float32 vs bfloat16 autocast;
 - ``optim``: scratchformer eager with AdamW's for-loop / foreach / fused step;
@@ -28,7 +39,8 @@ bound on what the step needed (freed memory that malloc kept still counts).
 Usage::
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_train.py --threads 1   # full, about 4 minutes
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_train.py --quick        # fewer rounds and steps
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_train.py --quick        # a couple of minutes
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_train.py --quick --sections speed --nanogpt ../nanoGPT
 
 Writes ``benchmarks/out/bench_train.json`` and ``benchmarks/out/bench_train.md``
 (the markdown is what docs/results.md "Training speed" pastes verbatim).
@@ -37,6 +49,9 @@ Writes ``benchmarks/out/bench_train.json`` and ``benchmarks/out/bench_train.md``
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import platform
@@ -59,11 +74,11 @@ from baseline_gpt import BaselineGPT, baseline_optimizer  # noqa: E402
 
 import scratchformer.models.gpt as gpt_module  # noqa: E402
 from scratchformer.models import GPT, GPTConfig  # noqa: E402
-from scratchformer.nn.linear import get_linear_backend, linear_backend  # noqa: E402
+from scratchformer.nn.linear import cpu_model, linear_kernels  # noqa: E402
 from scratchformer.nn.norm import LayerNorm, layer_norm_formula  # noqa: E402
 
 DATA = Path("/work/shared/data/tinyshakespeare.txt")
-SECTIONS = ("speed", "changes", "optim", "dtype", "scaling")
+SECTIONS = ("speed", "nanogpt", "changes", "optim", "dtype", "scaling")
 SHAPE = dict(n_layer=4, n_head=4, d_model=128)
 LR, WEIGHT_DECAY = 1e-3, 0.1
 
@@ -98,10 +113,40 @@ def make_batches(data: torch.Tensor, n: int, batch: int, context: int, seed: int
 
 
 # --------------------------------------------------------------------------- models
-def scratchformer_model(vocab: int, context: int, attn_impl: str = "fused", seed: int = 0) -> GPT:
+def scratchformer_model(vocab: int, context: int, attn_impl: str = "fused", seed: int = 0, kernels: bool = True) -> GPT:
+    """The GPT as the trainer prepares it: built, then its Linear kernels applied with the
+    trainer's default backend (``kernels=False``: plain ``nn.Linear``)."""
+    from scratchformer.train.config import TrainConfig
+
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=vocab, max_len=context, attn_impl=attn_impl, dropout=0.0, **SHAPE)
-    return GPT(cfg)
+    model = GPT(cfg)
+    if kernels:
+        linear_kernels(model, TrainConfig().linear_backend or "auto")
+    return model
+
+
+def nanogpt_module(directory: Path):
+    """nanoGPT's model.py, imported from the user's checkout ``directory``."""
+    path = Path(directory) / "model.py"
+    if not path.is_file():
+        raise SystemExit(f"--nanogpt {directory}: no model.py there; pass a checkout of karpathy/nanoGPT")
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def nanogpt_model_and_optimizer(module, vocab: int, context: int, seed: int = 0):
+    """nanoGPT's GPT at the benchmark's shape (its GPTConfig defaults otherwise) and the AdamW its
+    ``configure_optimizers`` builds with train.py's defaults (weight decay 0.1, betas (0.9, 0.95))."""
+    torch.manual_seed(seed)
+    cfg = module.GPTConfig(block_size=context, vocab_size=vocab, n_layer=SHAPE["n_layer"], n_head=SHAPE["n_head"],
+                           n_embd=SHAPE["d_model"], dropout=0.0)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints parameter counts
+        model = module.GPT(cfg)
+        opt = model.configure_optimizers(0.1, LR, (0.9, 0.95), "cpu")
+    return model, opt
 
 
 def baseline_model(vocab: int, context: int, seed: int = 0) -> BaselineGPT:
@@ -110,17 +155,28 @@ def baseline_model(vocab: int, context: int, seed: int = 0) -> BaselineGPT:
 
 
 def scratchformer_optimizer(model: torch.nn.Module, impl: str = "default") -> torch.optim.Optimizer:
-    """What the trainer builds: ``scratchformer.train.optim.build_optimizer("adamw", ...)``
-    (AdamW, decayed Linear weights + undecayed rest). ``impl`` picks AdamW's step:
-    "default" (whatever the factory passes), "for_loop", "foreach" or "fused"."""
+    """What the trainer builds: ``build_optimizer(TrainConfig().optimizer, ...)`` (AdamW, decayed
+    Linear weights + undecayed rest). ``impl`` picks AdamW's step: "default" (what the trainer
+    passes: nothing), "for_loop", "foreach" or "fused"."""
+    from scratchformer.train.config import TrainConfig
     from scratchformer.train.optim import build_optimizer
 
     flags = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}, "for_loop": {"foreach": False}}[impl]
-    return build_optimizer("adamw", model, lr=LR, weight_decay=WEIGHT_DECAY, **flags)
+    return build_optimizer(TrainConfig().optimizer, model, lr=LR, weight_decay=WEIGHT_DECAY, **flags)
 
 
-def make_step(kind: str, model, opt, compiled: bool = False, autocast: bool = False) -> Callable[[Batch], float]:
-    """A closure running one full training step on a batch; returns the loss."""
+def default_clip() -> float:
+    """The trainer's default gradient clipping (``TrainConfig().grad_clip``; 0: none)."""
+    from scratchformer.train.config import TrainConfig
+
+    return TrainConfig().grad_clip
+
+
+def make_step(kind: str, model, opt, compiled: bool = False, autocast: bool = False,
+              clip: float = 0.0) -> Callable[[Batch], float]:
+    """A closure running one full training step on a batch; returns the loss. ``kind``:
+    "scratchformer", "baseline" or "nanogpt"; ``clip`` > 0 clips the gradient norm."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if kind == "scratchformer":
         fn = model.loss
         if compiled:
@@ -128,6 +184,12 @@ def make_step(kind: str, model, opt, compiled: bool = False, autocast: bool = Fa
 
         def loss_of(b: Batch) -> torch.Tensor:
             return fn(b.x, b.x, b.mask)  # labels = input_ids (HF convention; the model shifts)
+
+    elif kind == "nanogpt":
+        fn = torch.compile(model) if compiled else model
+
+        def loss_of(b: Batch) -> torch.Tensor:
+            return fn(b.x, b.y)[1]  # (logits, loss)
 
     else:
         fn = torch.compile(model) if compiled else model
@@ -139,6 +201,8 @@ def make_step(kind: str, model, opt, compiled: bool = False, autocast: bool = Fa
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = loss_of(b)
         loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.item()
@@ -198,7 +262,7 @@ def section_speed(args, data, vocab) -> dict:
     batches = make_batches(data, 32, B, T)
     steps = {}
     sf = scratchformer_model(vocab, T)
-    steps["scratchformer eager"] = make_step("scratchformer", sf, scratchformer_optimizer(sf, args.optim))
+    steps["scratchformer eager"] = make_step("scratchformer", sf, scratchformer_optimizer(sf))
     bl = baseline_model(vocab, T)
     steps["baseline eager"] = make_step("baseline", bl, baseline_optimizer(bl, LR, WEIGHT_DECAY))
     n_sf = sum(p.numel() for p in sf.parameters())
@@ -208,7 +272,7 @@ def section_speed(args, data, vocab) -> dict:
     pairs = {"scratchformer eager / baseline eager": ("scratchformer eager", "baseline eager")}
     if not args.no_compile:
         sfc = scratchformer_model(vocab, T)
-        steps["scratchformer compiled"] = make_step("scratchformer", sfc, scratchformer_optimizer(sfc, args.optim), compiled=True)
+        steps["scratchformer compiled"] = make_step("scratchformer", sfc, scratchformer_optimizer(sfc), compiled=True)
         blc = baseline_model(vocab, T)
         steps["baseline compiled"] = make_step("baseline", blc, baseline_optimizer(blc, LR, WEIGHT_DECAY), compiled=True)
         pairs["scratchformer compiled / baseline compiled"] = ("scratchformer compiled", "baseline compiled")
@@ -220,13 +284,33 @@ def section_speed(args, data, vocab) -> dict:
     return {"batch": B, "context": T, "parameters": n_sf, "rows": rows, "ratios": ratios, "seconds": time.perf_counter() - t0}
 
 
+def section_nanogpt(args, data, vocab) -> dict:
+    """scratchformer's default training step vs nanoGPT's model.py + configure_optimizers, interleaved."""
+    B, T = args.batch, args.context
+    batches = make_batches(data, 32, B, T, seed=5)
+    module = nanogpt_module(args.nanogpt)
+    clip = default_clip()
+    sf = scratchformer_model(vocab, T)
+    ng, ng_opt = nanogpt_model_and_optimizer(module, vocab, T)
+    steps = {
+        "scratchformer (trainer defaults)": make_step("scratchformer", sf, scratchformer_optimizer(sf), clip=clip),
+        "nanoGPT model.py": make_step("nanogpt", ng, ng_opt, clip=1.0),  # train.py's grad_clip default
+    }
+    times, rm = interleaved(steps, batches, args.warmup, args.rounds, args.per_round)
+    pairs = {"scratchformer / nanoGPT": ("scratchformer (trainer defaults)", "nanoGPT model.py")}
+    rows, ratios = summarize(times, rm, B * T, pairs)
+    return {"batch": B, "context": T, "rows": rows, "ratios": ratios, "clip": clip,
+            "parameters": {"scratchformer": sum(p.numel() for p in sf.parameters()),
+                           "nanoGPT": sum(p.numel() for p in ng.parameters())}}
+
+
 def section_dtype(args, data, vocab) -> dict:
     B, T = args.batch, args.context
     batches = make_batches(data, 32, B, T, seed=1)
     steps = {}
     for name, ac in (("float32", False), ("bfloat16 autocast", True)):
         m = scratchformer_model(vocab, T)
-        steps[name] = make_step("scratchformer", m, scratchformer_optimizer(m, args.optim), autocast=ac)
+        steps[name] = make_step("scratchformer", m, scratchformer_optimizer(m), autocast=ac)
     times, rm = interleaved(steps, batches, args.warmup, args.rounds, args.per_round)
     rows, ratios = summarize(times, rm, B * T, {"bfloat16 autocast / float32 (speed-up)": ("bfloat16 autocast", "float32")})
     return {"rows": rows, "ratios": ratios}
@@ -269,16 +353,6 @@ def as_foundation_layernorm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def torch_linear(step: Callable[[Batch], float]) -> Callable[[Batch], float]:
-    """Run ``step`` with every Linear on ``F.linear`` (the linear backend before oneDNN)."""
-
-    def wrapped(b: Batch) -> float:
-        with linear_backend("torch"):
-            return step(b)
-
-    return wrapped
-
-
 def keep_full_mask(step: Callable[[Batch], float]) -> Callable[[Batch], float]:
     """Run ``step`` with GPT's all-ones-mask shortcut disabled (the foundation's behaviour)."""
 
@@ -298,16 +372,14 @@ def section_changes(args, data, vocab) -> dict:
     B, T = args.batch, args.context
     batches = make_batches(data, 32, B, T, seed=4)
     steps = {}
-    m = as_foundation_layernorm(scratchformer_model(vocab, T))
-    steps["foundation"] = torch_linear(keep_full_mask(make_step("scratchformer", m, scratchformer_optimizer(m, "default"))))
+    m = as_foundation_layernorm(scratchformer_model(vocab, T, kernels=False))
+    steps["foundation"] = keep_full_mask(make_step("scratchformer", m, scratchformer_optimizer(m)))
+    m = scratchformer_model(vocab, T, kernels=False)
+    steps["+ fused LayerNorm"] = keep_full_mask(make_step("scratchformer", m, scratchformer_optimizer(m)))
+    m = scratchformer_model(vocab, T, kernels=False)
+    steps["+ all-ones mask dropped"] = make_step("scratchformer", m, scratchformer_optimizer(m))
     m = scratchformer_model(vocab, T)
-    steps["+ fused LayerNorm"] = torch_linear(keep_full_mask(make_step("scratchformer", m, scratchformer_optimizer(m, "default"))))
-    m = scratchformer_model(vocab, T)
-    steps["+ all-ones mask dropped"] = torch_linear(make_step("scratchformer", m, scratchformer_optimizer(m, "default")))
-    m = scratchformer_model(vocab, T)
-    steps["+ fused AdamW"] = torch_linear(make_step("scratchformer", m, scratchformer_optimizer(m, "fused")))
-    m = scratchformer_model(vocab, T)
-    steps["+ oneDNN Linear"] = make_step("scratchformer", m, scratchformer_optimizer(m, "fused"))
+    steps["+ measured Linear kernels (default)"] = make_step("scratchformer", m, scratchformer_optimizer(m))
     bl = baseline_model(vocab, T)
     steps["baseline"] = make_step("baseline", bl, baseline_optimizer(bl, LR, WEIGHT_DECAY))
     times, rm = interleaved(steps, batches, args.warmup, args.rounds, args.per_round)
@@ -337,7 +409,7 @@ def memory_worker(args) -> None:
     data, vocab = load_corpus(DATA)
     batches = make_batches(data, 2, args.batch, args.context, seed=3)
     model = scratchformer_model(vocab, args.context, attn_impl=args.attn_impl)
-    step = make_step("scratchformer", model, scratchformer_optimizer(model, args.optim))
+    step = make_step("scratchformer", model, scratchformer_optimizer(model))
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status_kib("VmRSS")
@@ -356,12 +428,12 @@ def section_scaling(args, data, vocab) -> list[dict]:
         steps = {}
         for impl in ("reference", "fused"):
             m = scratchformer_model(vocab, T, attn_impl=impl)
-            steps[impl] = make_step("scratchformer", m, scratchformer_optimizer(m, args.optim))
+            steps[impl] = make_step("scratchformer", m, scratchformer_optimizer(m))
         times, rm = interleaved(steps, batches, args.scaling_warmup, args.scaling_rounds, 1)
         del steps
         for impl in ("reference", "fused"):
             cmd = [sys.executable, __file__, "--_memory-worker", "--context", str(T), "--batch", str(B),
-                   "--attn-impl", impl, "--threads", str(args.threads), "--optim", args.optim]
+                   "--attn-impl", impl, "--threads", str(args.threads)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode:
                 raise RuntimeError(f"memory worker failed for context={T} impl={impl}:\n{res.stderr}")
@@ -394,7 +466,8 @@ def markdown(report: dict) -> str:
         f"Python {env['python']}, 1-minute load average {env['load_average_before'][0]:.1f} before and "
         f"{env['load_average_after'][0]:.1f} after (other jobs shared the machine when above 0). "
         "float32 unless stated. Each figure is the median training-step time "
-        "(forward + loss + backward + AdamW step + zero_grad); variants are interleaved round by round. "
+        "(forward + loss + backward + AdamW step + zero_grad; gradient clipping where stated); variants are "
+        "interleaved round by round. "
         "Ratios are speed-ups (tokens/s of the first over the second); the range is the interquartile "
         "range of per-round ratios.",
         "",
@@ -404,10 +477,9 @@ def markdown(report: dict) -> str:
         lines += [
             f"**GPT {SHAPE['n_layer']} layers, {SHAPE['n_head']} heads, width {SHAPE['d_model']}, context {s['context']}, "
             f"batch {s['batch']}, {s['parameters']:,} parameters, tiny Shakespeare characters (vocab 65).** "
-            f"scratchformer optimizer: AdamW `{report['args']['optim']}`; baseline: `torch.optim.AdamW` defaults. "
-            f"scratchformer's Linear layers: linear backend `{env.get('linear_backend', 'auto')}` (oneDNN matmuls on "
-            "the CPU, see `scratchformer.nn.linear`); the baseline's: `nn.Linear` (`F.linear`, which calls MKL on x86). "
-            "Both float32.",
+            "scratchformer: the trainer's defaults (its optimizer factory's AdamW, no fused step; Linear kernels "
+            "measured on this machine, see `scratchformer.nn.linear`); baseline: `torch.optim.AdamW` defaults and "
+            "`nn.Linear` (`F.linear`). Neither clips gradients here. Both float32.",
             "",
         ]
         lines += variant_tables(s, bold=True)
@@ -419,6 +491,17 @@ def markdown(report: dict) -> str:
                 f"median **{statistics.median(fresh):.2f}x**, range {min(fresh):.2f}-{max(fresh):.2f}x.",
                 "",
             ]
+    if "nanogpt" in report:
+        s = report["nanogpt"]
+        lines += [
+            f"**Against nanoGPT's own `model.py`** (the user's checkout, imported; same shape, context {s['context']}, "
+            f"batch {s['batch']}; nanoGPT {s['parameters']['nanoGPT']:,} parameters, scratchformer "
+            f"{s['parameters']['scratchformer']:,}): each side's defaults, scratchformer's trainer step vs nanoGPT's "
+            "`GPT` with the AdamW its `configure_optimizers` builds; both clip gradients at "
+            f"{s['clip']:g} as both trainers do by default.",
+            "",
+            *variant_tables(s, bold=True),
+        ]
     for key, title in (("changes", "Where the speed-up comes from (eager; each row adds one change to the one above)"),
                        ("optim", "AdamW implementation (scratchformer eager)"), ("dtype", "bfloat16 autocast vs float32 (scratchformer eager)")):
         if key in report:
@@ -448,22 +531,12 @@ def fresh_process_ratios(args) -> list[float]:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, __file__, "--sections", "speed", "--no-compile", "--quick", "--processes", "0",
                    "--threads", str(args.threads), "--batch", str(args.batch), "--context", str(args.context),
-                   "--optim", args.optim, "--out-dir", tmp]
+                   "--out-dir", tmp]
             subprocess.run(cmd, check=True, capture_output=True)
             report = json.loads((Path(tmp) / "bench_train.json").read_text())
             ratios.append(report["speed"]["ratios"]["scratchformer eager / baseline eager"]["ratio"])
         print(f"  fresh process {i + 1}/{args.processes}: {ratios[-1]:.3f}x", flush=True)
     return ratios
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -483,28 +556,34 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--context", type=int, default=64)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--optim", default="fused", choices=["default", "foreach", "fused", "for_loop"],
-                   help="AdamW step on the scratchformer side: flags passed to the trainer's optimizer factory "
-                   "('default' passes none)")
+    p.add_argument("--nanogpt", type=Path, default=None, metavar="DIR",
+                   help="a checkout of karpathy/nanoGPT: adds the 'nanogpt' section (its model.py and "
+                   "configure_optimizers against scratchformer's default training step)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--per-round", type=int, default=None)
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--contexts", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048])
+    p.add_argument("--contexts", type=int, nargs="+", default=None,
+                   help="scaling section contexts (default 64 ... 2048; --quick: 64 256 1024)")
     p.add_argument("--scaling-batch", type=int, default=2)
     p.add_argument("--scaling-warmup", type=int, default=None)
     p.add_argument("--scaling-rounds", type=int, default=None)
-    p.add_argument("--processes", type=int, default=3,
+    p.add_argument("--processes", type=int, default=None,
                    help="repeat the eager speed ratio in this many fresh processes (0: skip); on a virtual machine "
-                   "the ratio drifts with the host's state, so one process is one sample")
+                   "the ratio drifts with the host's state, so one process is one sample; default 3, --quick 1)")
     p.add_argument("--out-dir", type=Path, default=HERE / "out")
     # internal: the peak memory of one scaling configuration, in a fresh process
     p.add_argument("--_memory-worker", dest="memory_worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--attn-impl", default="fused", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.nanogpt is None:
+        if "nanogpt" in args.sections and "--sections" in (sys.argv if argv is None else argv):
+            p.error("--sections nanogpt needs --nanogpt DIR (a checkout of karpathy/nanoGPT)")
+        args.sections = [s for s in args.sections if s != "nanogpt"]
     quick = args.quick
     defaults = dict(warmup=(3 if quick else 5), rounds=(6 if quick else 15), per_round=(5 if quick else 10),
-                    scaling_warmup=1, scaling_rounds=2 if quick else 4)
+                    scaling_warmup=1, scaling_rounds=2 if quick else 4, processes=1 if quick else 3,
+                    contexts=[64, 256, 1024] if quick else [64, 128, 256, 512, 1024, 2048])
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -522,15 +601,16 @@ def main(argv=None) -> None:
     report = {
         "command": command.strip(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "environment": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                        "python": platform.python_version(), "linear_backend": get_linear_backend()},
+        "environment": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                        "python": platform.python_version()},
     }
     report["environment"]["load_average_before"] = os.getloadavg()
     t_start = time.perf_counter()
-    for section in ("speed", "changes", "optim", "dtype"):
+    for section in ("speed", "nanogpt", "changes", "optim", "dtype"):
         if section in args.sections:
             print(f"[{section}]", flush=True)
-            fn = {"speed": section_speed, "changes": section_changes, "optim": section_optim, "dtype": section_dtype}[section]
+            fn = {"speed": section_speed, "nanogpt": section_nanogpt, "changes": section_changes,
+                  "optim": section_optim, "dtype": section_dtype}[section]
             report[section] = fn(args, data, vocab)
             for name, r in report[section]["rows"].items():
                 print(f"  {name:28s} {r['median_ms']:8.2f} ms  {r['tokens_per_s']:10,.0f} tokens/s", flush=True)

@@ -27,7 +27,8 @@ from scratchformer.generate import (
     top_p_filter,
 )
 from scratchformer.models import GPT, EncoderDecoder, EncoderDecoderConfig, GPTConfig
-from scratchformer.nn.linear import linear_backend, onednn_available
+from scratchformer.models.fast_decode import DecodeStep
+from scratchformer.nn.linear import fast_linears, KernelTuner, onednn_available
 
 torch.set_num_threads(2)
 
@@ -347,18 +348,27 @@ def test_hf_parity_greedy_and_beam(hf_pair):
     assert torch.equal(generate(ours, ids, max_new_tokens=20, **nothing), _hf_generate(hf, ids, do_sample=False, **nothing, **plain))
 
 
-def test_hf_parity_batch1_greedy_with_wide_weights():
-    """Batch-1 greedy decoding with weights wide enough for row_linear (n_embd 256, and a
-    vocabulary of 600 for a head of 153,600 numbers) gives Hugging Face's tokens."""
+@pytest.mark.parametrize("kernel", [None, "row", "copy", "onednn", "torch"])
+def test_hf_parity_batch1_greedy_with_wide_weights(monkeypatch, kernel):
+    """Batch-1 greedy decoding with wide weights (n_embd 256, and a vocabulary of 600 for a head
+    of 153,600 numbers) gives Hugging Face's tokens, whichever kernel the step's matmuls take
+    (None: measured)."""
     transformers = pytest.importorskip("transformers")
+    import scratchformer.generate as G
     from scratchformer.interop.gpt2 import gpt2_from_hf
-    from scratchformer.nn.linear import ROW_LINEAR_MIN_WEIGHT
 
+    if kernel == "onednn" and not onednn_available():
+        pytest.skip("this PyTorch has no oneDNN linear kernel")
+
+    class Forced(DecodeStep):  # a decoding step plugged into generate's seam
+        def __init__(self, model):
+            super().__init__(model, force=kernel)
+
+    monkeypatch.setattr(G, "DECODE_STEPS", (Forced,))
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=600, n_positions=64, n_embd=256, n_layer=2, n_head=4)
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     ours = gpt2_from_hf(hf).eval()
-    assert ours.lm_head.weight.numel() >= ROW_LINEAR_MIN_WEIGHT
     for seed in range(3):
         ids = prompt(1, 6, seed=seed, vocab=600)
         theirs = _hf_generate(hf, ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0,
@@ -496,12 +506,14 @@ def _padded_batch(model: GPT, lengths=(3, 6, 4), T: int = 6) -> tuple[torch.Tens
     return ids, mask
 
 
-def _step_vs_forward(model: GPT, ids: torch.Tensor, mask: torch.Tensor | None, steps: int = 6) -> None:
+def _step_vs_forward(model: GPT, ids: torch.Tensor, mask: torch.Tensor | None, steps: int = 6,
+                     force: str | None = None) -> None:
     """Feed the prompt, then the same tokens one at a time, to forward (cache a)
-    and to the fast step (cache b): the last position's logits must agree to
-    1e-5 of their scale at every call (the issue's tolerance), and so must a full no-cache pass."""
-    step = model.fast_decoder()
-    assert step is not None, "this configuration should be covered by DecodeStep"
+    and to the fast step (cache b; its kernels measured, or ``force``d): the last position's
+    logits must agree to 1e-5 of their scale at every call (the issue's tolerance), and so
+    must a full no-cache pass."""
+    assert DecodeStep.supports(model) is None, "this configuration should be covered by DecodeStep"
+    step = DecodeStep(model, force=force)
     B, T0 = ids.shape
     full_mask = None if mask is None else torch.cat([mask, mask.new_ones(B, steps)], dim=1)
     positions = None if mask is None else (full_mask.cumsum(-1) - 1).clamp(min=0)
@@ -572,17 +584,16 @@ def test_decode_step_through_onednn_equals_forward(positional, activation):
     """The step's matmuls through oneDNN (every one, whatever its size) against forward through
     oneDNN and through torch's kernel."""
     model = gpt(positional, activation=activation)
-    with linear_backend("onednn"):
-        _step_vs_forward(model, prompt(2, 5), None)
-        ids, mask = _padded_batch(model)
-        _step_vs_forward(model, ids, mask)
+    plain = gpt(positional, activation=activation)  # forward through torch's kernel
+    fast_linears(model, KernelTuner(force="onednn"))  # forward through oneDNN
+    _step_vs_forward(model, prompt(2, 5), None, force="onednn")
+    ids, mask = _padded_batch(model)
+    _step_vs_forward(model, ids, mask, force="onednn")
     ids = prompt(2, 5)
     with torch.no_grad():
-        a, b = model.new_cache(), model.new_cache()
-        with linear_backend("torch"):
-            expected = model(ids, cache=a)[:, -1]
-        with linear_backend("onednn"):
-            got = model.fast_decoder()(ids, b)
+        a, b = plain.new_cache(), model.new_cache()
+        expected = plain(ids, cache=a)[:, -1]
+        got = DecodeStep(model, force="onednn")(ids, b)
         assert (got - expected).abs().max() <= 1e-5 * expected.abs().max().clamp(min=1.0)
 
 
@@ -604,19 +615,18 @@ def test_decode_step_counts_on_onednn_only_without_gradients(monkeypatch):
 
     calls = _count_calls(monkeypatch, fd, "onednn_linear")
     model = gpt()
-    with linear_backend("onednn"):
-        with torch.no_grad():
-            model.decode_step(prompt(2, 1), model.new_cache())
-        assert calls[0] > 0  # oneDNN's kernel when no gradient is wanted
-        calls[0] = 0
-        model.decode_step(prompt(2, 1), model.new_cache()).sum().backward()  # with gradients: torch's
+    with torch.no_grad():
+        DecodeStep(model, force="onednn")(prompt(2, 1), model.new_cache())
+    assert calls[0] > 0  # oneDNN's kernel when no gradient is wanted
+    calls[0] = 0
+    DecodeStep(model, force="onednn")(prompt(2, 1), model.new_cache()).sum().backward()  # with gradients: torch's
     assert calls[0] == 0
     assert all(p.grad is not None for p in model.parameters())  # every parameter reached by backward
     # a step built without gradients (its (in, out) copies made under no_grad), then used with them
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
-        step = model.fast_decoder()
-        step(prompt(2, 1), model.new_cache())  # its kernels chosen for the no-gradient case first
+        step = DecodeStep(model, force="copy")
+        step(prompt(2, 1), model.new_cache())  # its kernels (on (in, out) copies) chosen for the no-gradient case first
     step(prompt(2, 1), model.new_cache()).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 
@@ -640,7 +650,7 @@ def test_gradients_through_cached_steps_equal_the_no_cache_gradients(positional,
     logits = [model(ids[:, :4], cache=cache)[:, -1]]
     for t in range(4, 7):
         tok = ids[:, t : t + 1]
-        logits.append(model.decode_step(tok, cache) if stepper == "decode_step" else model(tok, cache=cache)[:, -1])
+        logits.append(DecodeStep(model)(tok, cache) if stepper == "decode_step" else model(tok, cache=cache)[:, -1])
     got = torch.autograd.grad(loss_of(torch.stack(logits, 1)), params)
     for g, e in zip(got, expected):
         assert (g - e).abs().max() <= 1e-5 * e.abs().max().clamp(min=1.0)
@@ -675,77 +685,53 @@ def test_kv_cache_switches_between_in_place_and_recorded_appends():
     assert k.shape == (1, 2, 5, 3) and torch.equal(k[:, :, :4], k0) and torch.equal(v[:, :, :4], v0)
 
 
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "none"])
-def test_one_token_loop_is_taken_for_plain_steps_and_equals_forward(monkeypatch, positional):
-    """The branch-free layer loop (``DecodeStep._one_token``) runs for one-token steps of plain
-    blocks without padding, and those steps equal forward's; swiglu, post-norm, rotary
-    positions and padded batches take the general loop."""
-    from scratchformer.models.fast_decode import DecodeStep
-
-    calls = _count_calls(monkeypatch, DecodeStep, "_one_token")
-    _step_vs_forward(gpt(positional), prompt(2, 5), None)
-    assert calls[0] > 0
-    calls[0] = 0
-    for model in (gpt(positional, activation="swiglu"), gpt(positional, norm_first=False), gpt("rope")):
-        _step_vs_forward(model, prompt(2, 5), None)
-    model = gpt(positional)
-    _step_vs_forward(model, *_padded_batch(model))
-    assert calls[0] == 0
-
-
 def test_decode_step_refuses_what_it_cannot_reproduce():
-    from scratchformer.models.fast_decode import DecodeStep
-
     model = gpt(dropout=0.1).train()
-    assert model.fast_decoder() is None
+    assert "dropout" in DecodeStep.supports(model)
     with pytest.raises(ValueError, match="dropout"):
         DecodeStep(model)
-    assert gpt(dropout=0.1).eval().fast_decoder() is not None  # dropout is off in eval mode
-    assert gpt(dropout=0.0).train().fast_decoder() is not None  # and a no-op at p=0
+    assert DecodeStep.supports(gpt(dropout=0.1).eval()) is None  # dropout is off in eval mode
+    assert DecodeStep.supports(gpt(dropout=0.0).train()) is None  # and a no-op at p=0
     hooked = gpt()
     hooked.decoder.blocks[1].mlp.register_forward_hook(lambda m, i, o: o)
-    assert hooked.fast_decoder() is None  # the step would skip the hook
-    assert "hooks" in DecodeStep.supports(hooked)
+    assert "hooks" in DecodeStep.supports(hooked)  # the step would skip the hook
     assert "cache" in DecodeStep.supports(gpt("sinusoidal_xl"))
+    assert "not a GPT" in DecodeStep.supports(encdec())
+    with pytest.raises(ValueError, match="force"):
+        DecodeStep(gpt(), force="mkl")
 
 
-def test_gpt_decode_step_checks_ids_and_falls_back_to_forward():
+def test_decode_step_checks_shapes_and_generate_falls_back_to_forward_with_hooks():
     model, ids = gpt(), prompt(2, 4)
     with torch.no_grad():
         cache = model.new_cache()
         model(ids, cache=cache)
-        with pytest.raises(ValueError, match=f"token id {V}"):
-            model.decode_step(torch.full((2, 1), V), cache)
-        with pytest.raises(ValueError, match=r"\(batch, (new tokens|length)\)"):
-            model.decode_step(torch.zeros(2, dtype=torch.long), cache)
-        assert cache.length == 4  # nothing was appended by the failed calls
+        with pytest.raises(ValueError, match=r"\(batch, new tokens\)"):
+            DecodeStep(model)(torch.zeros(2, dtype=torch.long), cache)
+        assert cache.length == 4  # nothing was appended by the failed call
         expected = model(torch.cat([ids, ids[:, :1]], 1))[:, -1]
-        torch.testing.assert_close(model.decode_step(ids[:, :1], cache), expected, atol=1e-5, rtol=0)
-        # a hook rules the lean step out: decode_step runs forward, hook included
-        calls = []
-        model.lm_head.register_forward_hook(lambda m, i, o: calls.append(1))
-        cache = model.new_cache()
-        model(ids, cache=cache)
-        torch.testing.assert_close(model.decode_step(ids[:, :1], cache), expected, atol=1e-5, rtol=0)
-        assert len(calls) == 2
+        torch.testing.assert_close(DecodeStep(model)(ids[:, :1], cache), expected, atol=1e-5, rtol=0)
+    with pytest.raises(DataError, match=f"token id {V}"):
+        generate(model, torch.full((2, 1), V), max_new_tokens=2)
+    want = generate(model, ids, max_new_tokens=3)
+    # a hook rules the lean step out: generate runs forward, hook included, with the same tokens
+    calls = []
+    model.lm_head.register_forward_hook(lambda m, i, o: calls.append(1))
+    assert torch.equal(generate(model, ids, max_new_tokens=3), want)
+    assert len(calls) == 3  # the prompt, then two steps
 
 
 @pytest.mark.parametrize("options", [dict(), dict(positional="rope", activation="swiglu", norm_first=False)])
 def test_generate_decodes_with_the_fast_step_and_the_same_tokens(monkeypatch, options):
     model, ids = gpt(**options), prompt(2, 5)
-    made = model.fast_decoder
     calls = []
+    real = DecodeStep.__call__
 
-    def counting():
-        step = made()
+    def counting(self, *args):
+        calls.append(1)
+        return real(self, *args)
 
-        def run(*args):
-            calls.append(1)
-            return step(*args)
-
-        return run
-
-    monkeypatch.setattr(model, "fast_decoder", counting)
+    monkeypatch.setattr(DecodeStep, "__call__", counting)
     out = generate(model, ids, max_new_tokens=10)
     assert len(calls) == 10  # the prompt, then every step
     assert torch.equal(out, naive_greedy(model, ids, 10))
@@ -778,7 +764,7 @@ def test_decode_step_follows_the_model_dtype():
         a, b = model.new_cache(), model.new_cache()
         model(ids, cache=a)
         model(ids, cache=b)
-        step = model.fast_decoder()  # built after .to(): it reads the bfloat16 weights
+        step = DecodeStep(model)  # built after .to(): it reads the bfloat16 weights
         for t in range(4):
             tok = prompt(2, 1, seed=t)
             got = step(tok, b)
@@ -817,78 +803,89 @@ def test_kv_cache_append_kv_writes_keys_and_values_in_one_buffer():
 
 
 def _wide_gpt() -> GPT:
-    """A GPT whose weights are big enough for row_linear in one-row steps (d_model 256: the
-    q|k|v weight has 196,608 numbers, the out projection 65,536 (torch's addmm))."""
+    """A GPT whose weights are big enough that measuring may well choose row_linear."""
     return gpt(d_model=256, n_head=4, init_std=0.05)
 
 
-@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
 def test_decode_step_one_row_through_row_linear_equals_forward(monkeypatch):
-    """Batch-1 steps take row_linear for big weights (counted), and their logits equal forward's
-    through torch's kernel; a batch of 2 does not take it."""
+    """Batch-1 steps forced to row_linear take it (counted), and their logits equal forward's;
+    a batch of 2 cannot take it; measured choices (whatever they are) equal forward's too."""
     import scratchformer.models.fast_decode as fd
-    from scratchformer.nn.linear import ROW_LINEAR_MIN_WEIGHT, _AUTO_ONEDNN
 
-    if not _AUTO_ONEDNN:
-        pytest.skip('"auto" chooses row_linear on x86-64 only')
     calls = _count_calls(monkeypatch, fd, "row_linear")
     model = _wide_gpt()
-    assert model.decoder.blocks[0].attn.in_proj.weight.numel() >= ROW_LINEAR_MIN_WEIGHT
-    _step_vs_forward(model, prompt(1, 5), None)
+    _step_vs_forward(model, prompt(1, 5), None, force="row")
     assert calls[0] > 0
     calls[0] = 0
-    _step_vs_forward(model, prompt(2, 5), None)
+    _step_vs_forward(model, prompt(2, 5), None, force="row")
     assert calls[0] == 0
-    with linear_backend("torch"):
-        _step_vs_forward(model, prompt(1, 5), None)
+    _step_vs_forward(model, prompt(1, 5), None, force="torch")
     assert calls[0] == 0  # "torch" means torch's kernels
+    _step_vs_forward(model, prompt(1, 5), None)  # measured
 
 
-def test_batch1_generation_with_row_linear_equals_no_cache_and_sees_weight_changes():
-    """Greedy tokens with the cache (row_linear steps on kept (in, out) copies) equal the no-cache
-    ones after every kind of weight change a copy must notice: in place (version counter), new
-    storage, new storage at the same address (a DLPack alias), new strides over the same storage,
-    a fused optimizer's step (which bumps no version counter); an unchanged weight's copy is reused."""
-    import scratchformer.models.fast_decode as fd
+def test_the_step_owns_its_weight_copies_and_generate_sees_every_weight_change():
+    """Greedy tokens with the cache (steps on (in, out) copies) equal the no-cache ones after every
+    kind of weight change: in place, new storage, a DLPack alias, new strides, a fused optimizer's
+    step (which bumps no version counter). Each generate call builds its own step, whose copies
+    go with it; importing the module installs no optimizer hook."""
+    import weakref
 
+    from torch.optim.optimizer import _global_optimizer_post_hooks
+
+    import scratchformer.generate as G
+
+    assert not _global_optimizer_post_hooks
     model = _wide_gpt()
     ids = prompt(1, 4)
+    steps = []
+    real = G._decode_step_for
 
-    def cached_equals_uncached():
-        return torch.equal(generate(model, ids, max_new_tokens=12), generate(model, ids, max_new_tokens=12, use_cache=False))
+    def forced(m):
+        step = real(m)
+        step.force = "row"  # every one-row product on a copy
+        steps.append(weakref.ref(step))
+        return step
 
-    assert cached_equals_uncached()
-    w = model.decoder.blocks[0].attn.in_proj.weight
-    first = fd._in_out(w)
-    assert fd._in_out(w) is first  # kept while the weight is unchanged
-    with torch.no_grad():
-        w.mul_(-1.5)  # in place: a new version
-    assert torch.equal(fd._in_out(w), w.detach().t())
-    assert cached_equals_uncached()
-    w.data = torch.randn_like(w) * 0.05  # new storage, same version
-    assert cached_equals_uncached()
-    alias = torch.from_dlpack(w.detach())  # another storage over the same memory: same address and version
-    alias.mul_(-1.5)
-    w.data = alias
-    assert torch.equal(fd._in_out(w), w.detach().t())
-    assert cached_equals_uncached()
-    with torch.no_grad():
-        sq = model.decoder.blocks[0].attn.out_proj.weight  # square: its transpose has the same shape
-        fd._in_out(sq)
+    G_decode = pytest.MonkeyPatch()
+    G_decode.setattr(G, "_decode_step_for", forced)
+    try:
+        def cached_equals_uncached():
+            return torch.equal(generate(model, ids, max_new_tokens=12),
+                               generate(model, ids, max_new_tokens=12, use_cache=False))
+
+        assert cached_equals_uncached()
+        w = model.decoder.blocks[0].attn.in_proj.weight
+        with torch.no_grad():
+            w.mul_(-1.5)  # in place: a new version
+        assert cached_equals_uncached()
+        w.data = torch.randn_like(w) * 0.05  # new storage, same version
+        assert cached_equals_uncached()
+        alias = torch.from_dlpack(w.detach())  # another storage over the same memory
+        alias.mul_(-1.5)
+        w.data = alias
+        assert cached_equals_uncached()
+        sq = model.decoder.blocks[0].attn.out_proj.weight
         sq.data = sq.data.t()  # same storage, offset and version; other strides
-        assert torch.equal(fd._in_out(sq), sq.detach().t())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
-    model.train()
-    data = prompt(4, 16, seed=2)
-    model.loss(data, data).backward()
-    opt.step()
-    model.eval()
-    assert w not in fd._COPIES  # the step dropped the copy (fused AdamW bumps no version counter)
-    assert cached_equals_uncached()
-    assert w in fd._COPIES
-    fd.release_weight_copies()
-    assert len(fd._COPIES) == 0
-    del model, w
-    generate(_wide_gpt(), ids, max_new_tokens=2)
+        assert cached_equals_uncached()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+        model.train()
+        data = prompt(4, 16, seed=2)
+        model.loss(data, data).backward()
+        opt.step()
+        model.eval()
+        assert cached_equals_uncached()
+    finally:
+        G_decode.undo()
+    step = DecodeStep(model, force="row")
+    with torch.no_grad():
+        step(ids[:, :1], model.new_cache())  # one row: every matmul on an (in, out) copy
+    weights = {id(p): p for p in model.parameters()}
+    assert len(step.copies) == 4 * 2 + 1  # 4 matmuls per block, 2 blocks, the head
+    assert all(torch.equal(c, weights[i].detach().t()) for i, c in step.copies.items())
+    copy = weakref.ref(next(iter(step.copies.values())))
+    del step
     gc.collect()
-    assert len(fd._COPIES) == 0  # the copies went with the model
+    assert copy() is None  # the copies went with their step
+    assert steps and all(s() is None for s in steps)  # and generate kept none of its steps
+    assert not _global_optimizer_post_hooks

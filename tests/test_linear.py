@@ -1,13 +1,14 @@
-"""scratchformer.nn.linear: the oneDNN path is F.linear, forward and backward, and is chosen when it should be."""
+"""scratchformer.nn.linear: every kernel is F.linear, forward and backward; the tuner chooses by measuring,
+never slower than F.linear, and fast_linears swaps kernels into a built model without changing it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch._inductor.utils import run_and_get_code
 
 from scratchformer.errors import ConfigError
@@ -15,7 +16,6 @@ from scratchformer.models import GPT, GPTConfig
 from scratchformer.nn import linear as L
 
 needs_onednn = pytest.mark.skipif(not L.onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
-needs_auto_onednn = pytest.mark.skipif(not L._AUTO_ONEDNN, reason='"auto" uses oneDNN on x86-64 only')
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,16 +47,15 @@ def test_onednn_linear_equals_f_linear_forward_and_backward(case):
     x, w, b = CASES[case]()
     x, w = x.clone().requires_grad_(), w.detach().requires_grad_()  # x keeps its strides through clone
     b = None if b is None else b.requires_grad_()
-    with L.linear_backend("onednn"):  # "auto" would leave products this small to F.linear
-        assert L.uses_onednn(x, w)
-        y = L.linear(x, w, b)
-        assert y.grad_fn is not None and "OneDNN" in type(y.grad_fn).__name__  # really the oneDNN path
+    forced = L.KernelTuner(force="onednn")  # measuring would leave products this small to F.linear
+    assert forced.kernel_for(x, w, b) == "onednn"
+    y = forced.linear(x, w, b)
+    assert y.grad_fn is not None and "OneDNN" in type(y.grad_fn).__name__  # really the oneDNN path
     y_ref = F.linear(x, w, b)
     assert y.shape == y_ref.shape
     assert _rel(y, y_ref) < 1e-5
     dy = torch.randn_like(y_ref)
-    with L.linear_backend("onednn"):
-        got = _grads(L.linear, x, w, b, dy)
+    got = _grads(forced.linear, x, w, b, dy)
     want = _grads(F.linear, x, w, b, dy)
     for g, r in zip(got, want):
         assert (g is None) == (r is None)
@@ -81,66 +80,118 @@ def _count_onednn_calls(monkeypatch) -> list[int]:
 def test_only_the_gradients_asked_for_are_made(monkeypatch):
     calls = _count_onednn_calls(monkeypatch)
     x, w = torch.randn(6, 8), torch.randn(5, 8, requires_grad=True)
-    with L.linear_backend("onednn"):
-        L.linear(x, w).sum().backward()
+    L.KernelTuner(force="onednn").linear(x, w).sum().backward()
     assert calls[0] == 2  # the forward and dy.T @ x; no dy @ W, since x needs no gradient
     assert x.grad is None
     assert _rel(w.grad, torch.ones(6, 5).t() @ x) < 1e-6
 
 
-@needs_auto_onednn
+@needs_onednn
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # from torch.func's internals
 def test_double_backward_jvp_and_torch_func_fall_back_to_torch_rules():
     torch.manual_seed(0)
-    lin = L.Linear(1024, 1024)  # a weight of 1M numbers: oneDNN under "auto"
+    lin = nn.Linear(1024, 1024)
+    L.fast_linears(lin_holder := nn.Sequential(lin), L.KernelTuner(force="onednn"))
+    lin = lin_holder[0]
     x = torch.randn(3, 1024, requires_grad=True)
-    with L.linear_backend("auto"):
-        assert L.uses_onednn(x, lin.weight)
-        # double backward: the gradient of a gradient
-        (g,) = torch.autograd.grad(lin(x).pow(2).sum(), x, create_graph=True)
-        (gg,) = torch.autograd.grad(g.sum(), x)
-        # forward-mode AD, even without autograd
-        v = torch.randn_like(x)
-        with torch.no_grad():
-            _, tangent = torch.func.jvp(lin, (x.detach(),), (v,))
-        # torch.func.grad
-        fg = torch.func.grad(lambda t: lin(t).pow(2).sum())(x.detach())
-    with L.linear_backend("torch"):
-        (g_ref,) = torch.autograd.grad(lin(x).pow(2).sum(), x, create_graph=True)
-        (gg_ref,) = torch.autograd.grad(g_ref.sum(), x)
+    assert lin.tuner.kernel_for(x, lin.weight) == "onednn"
+    # double backward: the gradient of a gradient
+    (g,) = torch.autograd.grad(lin(x).pow(2).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    # forward-mode AD, even without autograd
+    v = torch.randn_like(x)
+    with torch.no_grad():
+        _, tangent = torch.func.jvp(lin, (x.detach(),), (v,))
+    # torch.func.grad
+    fg = torch.func.grad(lambda t: lin(t).pow(2).sum())(x.detach())
+    (g_ref,) = torch.autograd.grad(F.linear(x, lin.weight, lin.bias).pow(2).sum(), x, create_graph=True)
+    (gg_ref,) = torch.autograd.grad(g_ref.sum(), x)
     assert _rel(g, g_ref) < 1e-5 and _rel(gg, gg_ref) < 1e-5
     assert _rel(tangent, F.linear(v, lin.weight)) < 1e-5
     assert _rel(fg, g_ref) < 1e-5
 
 
-@needs_auto_onednn
-def test_auto_sends_only_big_enough_products_to_onednn():
-    w = torch.randn(256, 512)  # below ONEDNN_MIN_WEIGHT: the row count decides
-    assert w.numel() < L.ONEDNN_MIN_WEIGHT
-    rows = L.ONEDNN_MIN_MACS // w.numel()  # exactly the threshold
-    big = torch.randn(L.ONEDNN_MIN_WEIGHT // 512, 512)  # a weight big enough for any row count
-    with L.linear_backend("auto"):
-        assert L.uses_onednn(torch.randn(rows, 512), w)
-        assert not L.uses_onednn(torch.randn(rows - 1, 512), w)
-        assert L.uses_onednn(torch.randn(2, rows // 2, 512), w)  # leading dimensions are rows too
-        assert L.uses_onednn(torch.randn(1, 512), big)
-        assert not L.uses_onednn(torch.randn(1, 512), big[:-1])
-        assert L.matmul_for(torch.randn(rows, 512), w) is L.onednn_linear
-        assert L.matmul_for(torch.randn(1, 512), w) is F.linear
-    with L.linear_backend("onednn"):
-        assert L.uses_onednn(torch.randn(1, 512), w)
+# ---------------------------------------------------------------- choosing by measurement
+def test_fastest_keeps_the_baseline_unless_another_kernel_beats_it_by_the_margin():
+    assert L.fastest({"torch": 1.0, "onednn": 0.96}, "torch", 0.95) == "torch"  # within noise: F.linear
+    assert L.fastest({"torch": 1.0, "onednn": 0.90}, "torch", 0.95) == "onednn"
+    assert L.fastest({"torch": 1.0, "onednn": 1.5, "row": 0.5}, "torch", 0.95) == "row"
+    assert L.fastest({"torch": 1.0, "onednn": 2.0}, "torch", 0.95) == "torch"
 
 
-def test_torch_backend_and_unsupported_inputs_fall_back_to_f_linear():
+def _slowed(fn, seconds: float):
+    import time
+
+    def slow(*args):
+        time.sleep(seconds)
+        return fn(*args)
+
+    return slow
+
+
+@needs_onednn
+@pytest.mark.parametrize("slow", ["torch", "onednn"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_tuner_measures_each_shape_once_and_keeps_the_faster_kernel(monkeypatch, slow, grad):
+    """A kernel made 2 ms slower loses, whichever it is; the choice is measured once per shape
+    class (forward and backward when gradients are wanted) and reused."""
+    monkeypatch.setitem(L.KERNELS, slow, _slowed(L.KERNELS[slow], 0.002))
+    measured = []
+    real = L.time_candidates
+    monkeypatch.setattr(L, "time_candidates", lambda c, **kw: measured.append(sorted(c)) or real(c, **kw))
+    tuner = L.KernelTuner()
+    x, w = torch.randn(64, 128, requires_grad=grad), torch.randn(256, 128, requires_grad=grad)
+    for _ in range(3):
+        y = tuner.linear(x, w)
+        torch.testing.assert_close(y, F.linear(x, w))
+    assert measured == [["onednn", "torch"]]
+    want = "onednn" if slow == "torch" else "torch"
+    assert list(tuner.choices.values()) == [want]
+    key = next(iter(tuner.choices))
+    assert key.startswith("linear 64x128x256 float32 cpu") and (" grad " in key) == grad
+    tuner.linear(torch.randn(65, 128), w)  # another row count: another shape class
+    assert len(measured) == 2 and len(tuner.choices) == 2
+
+
+def test_small_and_unsupported_products_take_f_linear_unmeasured(monkeypatch):
+    monkeypatch.setattr(L, "time_candidates", lambda *a, **k: pytest.fail("measured"))
+    tuner = L.KernelTuner()
     x, w = torch.randn(4, 8), torch.randn(3, 8)
-    with L.linear_backend("torch"):
-        assert not L.uses_onednn(x, w)
-    with L.linear_backend("auto"):
-        assert not L.uses_onednn(x.double(), w.double())  # float64: torch's kernel
-        assert not L.uses_onednn(x[0], w)  # 1-D input
-        assert not L.uses_onednn(x[:0], w)  # no rows
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not L.uses_onednn(x, w)  # autocast decides the dtype: torch's kernel
+    assert tuner.kernel_for(x, w) == "torch"  # below MEASURE_MIN_MACS
+    big_x, big_w = torch.randn(64, 256), torch.randn(256, 256)
+    assert tuner.kernel_for(big_x.double(), big_w.double()) == "torch"  # float64
+    assert tuner.kernel_for(big_x[0], big_w) == "torch"  # 1-D input
+    assert tuner.kernel_for(big_x[:0], big_w) == "torch"  # no rows
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tuner.kernel_for(big_x, big_w) == "torch"  # autocast decides the dtype: torch's kernel
+    assert tuner.choices == {}
+
+
+def test_recorded_choices_are_reused_without_measuring(monkeypatch):
+    monkeypatch.setattr(L, "time_candidates", lambda *a, **k: pytest.fail("measured"))
+    x, w = torch.randn(64, 256), torch.randn(256, 256)
+    key = L.KernelTuner.shape_key("linear", x, w, None, grad=False)
+    assert L.KernelTuner(choices={key: "torch"}).kernel_for(x, w) == "torch"
+    with pytest.raises(ConfigError, match="'mkl'"):
+        L.KernelTuner(choices={key: "mkl"})
+
+
+def test_the_disk_cache_is_keyed_by_machine_and_read_back(tmp_path, monkeypatch):
+    path = tmp_path / "kernels.json"
+    x, w = torch.randn(64, 256), torch.randn(256, 256)
+    first = L.KernelTuner(path=path)
+    name = first.kernel_for(x, w)
+    data = json.loads(path.read_text())
+    assert list(data) == [L.machine_key()] and list(data[L.machine_key()].values()) == [name]
+    assert L.cpu_model() in L.machine_key() and torch.__version__ in L.machine_key()
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically: no temporary left behind
+    monkeypatch.setattr(L, "time_candidates", lambda *a, **k: pytest.fail("measured again"))
+    assert L.KernelTuner(path=path).kernel_for(x, w) == name
+    monkeypatch.setattr(L, "machine_key", lambda: "another CPU")  # another machine measures for itself
+    assert L.KernelTuner(path=path).choices == {}
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="kernels.json.*not valid JSON"):
+        L.KernelTuner(path=path)
 
 
 @needs_onednn
@@ -149,36 +200,57 @@ def test_compiled_onednn_linear_equals_f_linear():
     x, w, b = torch.randn(2, 6, 24, requires_grad=True), torch.randn(40, 24, requires_grad=True), torch.randn(40)
     b.requires_grad_()
     dy = torch.randn(2, 6, 40)
-    compiled = torch.compile(L.linear, fullgraph=True)
-    with L.linear_backend("onednn"):
-        got = _grads(compiled, x, w, b, dy)
-        with torch.no_grad():
-            y, code = run_and_get_code(compiled, x, w, b)
+    compiled = torch.compile(L.KernelTuner(force="onednn").linear, fullgraph=True)
+    got = _grads(compiled, x, w, b, dy)
+    with torch.no_grad():
+        y, code = run_and_get_code(compiled, x, w, b)
     assert any("scratchformer.onednn_linear" in c for c in code)  # the compiled graph calls the oneDNN kernel
     assert _rel(y, F.linear(x, w, b)) < 1e-5
     for g, r in zip(got, _grads(F.linear, x, w, b, dy)):
         assert _rel(g, r) < 1e-5
 
 
-def test_gradcheck_float64_linear_module():
+# ---------------------------------------------------------------- the seam: fast_linears on a built model
+def _gpt(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=50, max_len=32, n_layer=2, n_head=2, d_model=32))
+
+
+def test_models_hold_plain_linears_and_fast_linears_changes_nothing_but_the_kernel():
+    model = _gpt()
+    assert {type(m) for m in model.modules() if isinstance(m, nn.Linear)} == {nn.Linear}
+    before = model.state_dict()
+    params = {n: p for n, p in model.named_parameters()}
+    tuner = L.fast_linears(model, L.KernelTuner())
+    assert {type(m) for m in model.modules() if isinstance(m, nn.Linear)} == {L.TunedLinear}
+    assert all(m.tuner is tuner for m in model.modules() if isinstance(m, L.TunedLinear))
+    assert {n: p for n, p in model.named_parameters()} == params  # the very same Parameter objects
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+    assert model.lm_head.weight is model.embed.tok.weight  # still tied
+    assert type(_gpt().lm_head) is nn.Linear  # nothing process-wide changed
+    ids = torch.randint(0, 50, (2, 8))
+    torch.testing.assert_close(model(ids), _gpt()(ids))
+
+
+def test_gradcheck_float64_tuned_linear():
     # float64 takes torch's kernel (the oneDNN backward is held to F.linear's in float32 above)
-    lin = L.Linear(5, 3).double()
+    holder = nn.Sequential(nn.Linear(5, 3).double())
+    L.fast_linears(holder, L.KernelTuner(force="onednn" if L.onednn_available() else None))
     x = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
-    assert not L.uses_onednn(x, lin.weight)
-    assert torch.autograd.gradcheck(lambda t: lin(t), (x,))
+    assert holder[0].tuner.kernel_for(x, holder[0].weight) == "torch"
+    assert torch.autograd.gradcheck(lambda t: holder(t), (x,))
 
 
 @needs_onednn
-def test_gpt_loss_and_gradients_agree_between_backends(monkeypatch):
+def test_gpt_loss_and_gradients_agree_between_kernels(monkeypatch):
     calls = _count_onednn_calls(monkeypatch)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, max_len=32, n_layer=2, n_head=2, d_model=32))
-    ids = torch.randint(0, 50, (3, 16))
     results = {}
     for backend in ("torch", "onednn"):  # "onednn": every product, however small
-        model.zero_grad(set_to_none=True)
-        with L.linear_backend(backend):
-            loss = model.loss(ids, ids)
+        model = _gpt()
+        L.linear_kernels(model, backend)
+        ids = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(1))
+        loss = model.loss(ids, ids)
         loss.backward()
         results[backend] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
     assert calls[0] > 0  # the oneDNN side really ran through oneDNN
@@ -190,25 +262,9 @@ def test_gpt_loss_and_gradients_agree_between_backends(monkeypatch):
 
 def test_bad_backend_names_the_value_and_the_choices():
     with pytest.raises(ConfigError, match=r"'onednnn'.*did you mean 'onednn'"):
-        L.set_linear_backend("onednnn")
-    assert L.get_linear_backend() in L.BACKENDS  # unchanged by the refused call
-
-
-def test_an_explicit_choice_overrides_a_bad_environment_variable(monkeypatch):
-    monkeypatch.setattr(L, "_backend", None)
-    monkeypatch.setenv("SCRATCHFORMER_LINEAR", "fast")
-    with L.linear_backend("torch"):
-        assert L.get_linear_backend() == "torch"
-    with pytest.raises(ConfigError, match="SCRATCHFORMER_LINEAR.*'fast'"):
-        L.get_linear_backend()
-
-
-def test_bad_environment_variable_is_a_clear_error():
-    code = "from scratchformer.nn.linear import get_linear_backend; get_linear_backend()"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"SCRATCHFORMER_LINEAR": "fast", "PATH": ""})
-    assert res.returncode != 0
-    assert "SCRATCHFORMER_LINEAR" in res.stderr and "'fast'" in res.stderr
+        L.linear_kernels(_gpt(), "onednnn")
+    with pytest.raises(ConfigError, match=r"'mkl'"):
+        L.KernelTuner(force="mkl")
 
 
 def test_train_config_rejects_an_unknown_linear_backend():
@@ -237,20 +293,12 @@ def test_row_linear_is_f_linear(k, m, parts, bias):
     assert _rel(got.double(), F.linear(x64, w64, None if b is None else b.double())) <= 1e-5
 
 
-@needs_auto_onednn
-def test_uses_row_linear_only_for_one_row_without_gradients_under_auto():
-    big = torch.randn(L.ROW_LINEAR_MIN_WEIGHT // 256, 256)
-    small = torch.randn(L.ROW_LINEAR_MIN_WEIGHT // 256 - 1, 256)
-    one = torch.randn(1, 256)
-    with torch.no_grad():
-        assert L.uses_row_linear(one, big)
-        assert not L.uses_row_linear(one, small)  # torch's addmm is faster there
-        assert not L.uses_row_linear(torch.randn(2, 256), big)  # two rows: a matmul
-        assert not L.uses_row_linear(one.double(), big.double())
-        with L.linear_backend("onednn"):
-            assert not L.uses_row_linear(one, big)  # asked for oneDNN by name
-        with L.linear_backend("torch"):
-            assert not L.uses_row_linear(one, big)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not L.uses_row_linear(one, big)
-    assert not L.uses_row_linear(one, big)  # gradients on: autograd needs F.linear
+def test_decoding_kernels_eligible_for_a_product():
+    from scratchformer.models.fast_decode import _eligible
+
+    big, one = torch.randn(512, 256), torch.randn(1, 256)
+    assert "row" in _eligible(one, big)
+    assert "row" not in _eligible(torch.randn(2, 256), big)  # two rows: a matmul
+    assert _eligible(one.double(), big.double()) == ("torch",)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _eligible(one, big) == ("torch",)

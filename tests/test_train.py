@@ -20,7 +20,7 @@ from torch import nn
 
 from scratchformer.errors import CheckpointError
 from scratchformer.nn import linear as linear_module
-from scratchformer.nn.linear import get_linear_backend, onednn_available
+from scratchformer.nn.linear import TunedLinear, onednn_available
 from scratchformer.models import (
     GPT,
     EncoderClassifier,
@@ -316,28 +316,52 @@ def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):
         load_run(tmp_path / "missing")
 
 
-def test_the_runs_linear_backend_holds_during_training_and_is_restored_after(tmp_path, monkeypatch):
-    seen = set()
+@pytest.mark.parametrize("backend", [None, "auto", "torch", "onednn"])
+def test_the_runs_linear_backend_is_applied_to_its_model_only_and_recorded(tmp_path, monkeypatch, backend):
+    if backend == "onednn" and not onednn_available():
+        pytest.skip("this PyTorch has no oneDNN linear kernel")
+    seen = []
     real = losses_module.LOSSES["lm"]
 
     def spy(model, batch):
-        seen.add(get_linear_backend())
+        seen.append({(type(m), getattr(getattr(m, "tuner", None), "force", None))
+                     for m in model.modules() if isinstance(m, nn.Linear)})
         return real(model, batch)
 
     monkeypatch.setitem(losses_module.LOSSES, "lm", spy)
-    before = get_linear_backend()
-    other = "torch" if before != "torch" else "auto"
-    train(tiny_config(tmp_path, "train.steps=2", f"train.linear_backend={other}", "name=backend"))
-    assert seen == {other}
-    assert get_linear_backend() == before
-    assert json.loads((tmp_path / "backend" / "config.json").read_text())["train"]["linear_backend"] == other
+    extra = [] if backend is None else [f"train.linear_backend={backend}"]
+    train(tiny_config(tmp_path, "train.steps=2", *extra, "name=backend"))
+    expected = {
+        None: {(TunedLinear, None)}, "auto": {(TunedLinear, None)},  # measured (None: "auto")
+        "torch": {(nn.Linear, None)}, "onednn": {(TunedLinear, "onednn")},
+    }[backend]
+    assert seen and all(s == expected for s in seen)
+    assert type(GPT(GPTConfig(vocab_size=19, d_model=16, n_head=2, n_layer=1, max_len=16)).lm_head) is nn.Linear
+    recorded = json.loads((tmp_path / "backend" / "config.json").read_text())["train"]["linear_backend"]
+    assert recorded == (backend or "auto")
 
 
-def test_training_without_a_linear_backend_uses_the_processs_and_records_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(linear_module, "_backend", None)
-    monkeypatch.setenv("SCRATCHFORMER_LINEAR", "torch")
-    train(tiny_config(tmp_path, "train.steps=1", "name=envbackend"))
-    assert json.loads((tmp_path / "envbackend" / "config.json").read_text())["train"]["linear_backend"] == "torch"
+def test_a_resumed_run_reuses_the_recorded_kernel_choices(tmp_path, monkeypatch):
+    """Every product measured (no size floor): the checkpoint records each shape's kernel, and the
+    resumed run loads them and measures none of those shapes again."""
+    monkeypatch.setattr(linear_module, "MEASURE_MIN_MACS", 0)
+    measured = []
+    real = linear_module.time_candidates
+    monkeypatch.setattr(linear_module, "time_candidates", lambda c, **kw: measured.append(1) or real(c, **kw))
+    cfg = tiny_config(tmp_path, "train.steps=2", "train.checkpoint_every=1", "name=kernels")
+    train(cfg)
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "kernels"))
+    recorded = ckpt.state["kernels"]
+    assert recorded and len(measured) == len(recorded)
+    loaded = []
+    real_load = linear_module.KernelTuner.load
+    monkeypatch.setattr(linear_module.KernelTuner, "load", lambda self, c: loaded.append(dict(c)) or real_load(self, c))
+    measured.clear()
+    train(tiny_config(tmp_path, "train.steps=4", "train.checkpoint_every=1", "name=kernels"),
+          run_dir=tmp_path / "kernels", resume=True)
+    assert recorded in loaded
+    train_keys = [k for k in recorded if " grad " in k]
+    assert train_keys and len(measured) <= len(recorded) - len(train_keys)  # the training shapes: none again
 
 
 def test_the_last_evaluation_is_reused_at_the_end_when_it_saw_the_whole_split(tmp_path, monkeypatch):

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError, DataError, did_you_mean
 from .models.inputs import check_ids
+from .models.fast_decode import DecodeStep
 
 log = logging.getLogger(__name__)
 
@@ -252,14 +253,30 @@ def process_scores(cfg: GenerationConfig, seq: Tensor, scores: Tensor, min_keep:
 
 
 # ---------------------------------------------------------------------------- the model side
+# Fast decoding steps, applied from outside the model: each has ``supports(model) -> None | reason``
+# and is built as ``step(model)``; called as ``step(new_ids, cache, attention_mask, position_ids)``
+# it returns the logits (N, V) after the last new token, extending the cache as ``forward`` would.
+DECODE_STEPS: tuple[type, ...] = (DecodeStep,)
+
+
+def _decode_step_for(model: nn.Module) -> Callable[..., Tensor] | None:
+    """A new step of the first ``DECODE_STEPS`` entry that supports ``model``, else None (use forward)."""
+    for step in DECODE_STEPS:
+        reason = step.supports(model)
+        if reason is None:
+            return step(model)
+        log.debug("generate: %s does not apply: %s", step.__name__, reason)
+    return None
+
+
 class _Runner:
     """Runs the model for the next-token logits, with or without the cache.
 
     ``next_logits(seq)`` takes all N rows' tokens so far (N, L) and returns the
     logits (N, V) for position L; with a cache it feeds only the tokens the
     cache has not seen. With a cache, the storage is sized for the final
-    length once, and the new tokens go through the model's lean
-    ``fast_decoder()`` step when it has one (GPT; the same logits as
+    length once, and the new tokens go through the first of ``DECODE_STEPS``
+    that supports the model (``DecodeStep`` for a GPT: the same logits as
     ``forward``, computed for the last position only), else through ``forward``.
     """
 
@@ -278,8 +295,7 @@ class _Runner:
         self.cache = self.fast = None
         if use_cache:
             self.cache = model.new_cache(capacity=total)  # storage allocated once, at the final length
-            fast_decoder = getattr(model, "fast_decoder", None)
-            self.fast = fast_decoder() if fast_decoder is not None and not encoder_decoder else None
+            self.fast = _decode_step_for(model)
         self.mask, self.positions = mask, positions  # (N, L_max) or None
         self.memory, self.encoder_mask = memory, encoder_mask  # (N, S, C), (N, S)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..nn.linear import Linear
 from .inputs import check_mask
 from .stack import Embedder, Stack, init_weights
 from .config import EncoderClassifierConfig
@@ -47,9 +46,9 @@ class EncoderClassifier(nn.Module):
         self.config = config
         self.embed = Embedder(config, config.vocab_size, config.type_vocab_size, config.embed_norm)
         self.encoder = Stack(config, config.n_layer, causal=False)
-        self.pooler = Linear(config.d_model, config.d_model) if config.pooler else None
+        self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
         self.head_dropout = nn.Dropout(config.dropout)
-        self.head = Linear(config.d_model, config.num_classes)
+        self.head = nn.Linear(config.d_model, config.num_classes)
         init_weights(self, config.init_std)
 
     def encode(

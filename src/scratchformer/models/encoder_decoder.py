@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.attention import KVCache
-from ..nn.linear import Linear, linear
 from ..tasks.base import IGNORE_INDEX
 from .inputs import check_mask
 from .stack import Embedder, ModelCache, Stack, init_weights
@@ -36,7 +35,7 @@ class EncoderDecoder(nn.Module):
         self.encoder = Stack(config, config.n_encoder_layer, causal=False)
         self.decoder = Stack(config, config.n_decoder_layer, causal=True, cross_attention=True)
         # tied: logits reuse the target embedding rows, so there is no separate head
-        self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.tgt_vocab_size, bias=False)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
         init_weights(self, config.init_std)
         if config.tie_encoder_decoder_embeddings:
             self.tgt_embed.tok.weight = self.src_embed.tok.weight
@@ -83,7 +82,7 @@ class EncoderDecoder(nn.Module):
             need_weights=output_attentions,
         )
         if self.lm_head is None:  # tied: the output projection is the target embedding
-            logits = linear(x, self.tgt_embed.tok.weight[: self.config.tgt_vocab_size])  # (B, T, V)
+            logits = F.linear(x, self.tgt_embed.tok.weight[: self.config.tgt_vocab_size])  # (B, T, V)
         else:
             logits = self.lm_head(x)  # (B, T, V)
         return logits, attentions

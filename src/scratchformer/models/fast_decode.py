@@ -9,10 +9,11 @@ tensors, an id check that reads the ids back) costs more than the kernels.
 ``DecodeStep`` looks the modules up once, when it is built, binds each
 matmul to a kernel at the first call with a given row count, and then runs
 each step as a flat sequence of kernels (``F.embedding``, ``F.layer_norm``,
-``F.scaled_dot_product_attention``, and for each matmul the one that reads
-its weight fastest: ``nn.linear.row_linear`` for one row by a big weight,
-oneDNN for more rows, torch's addmm for a small weight; see ``_kind``),
-writing into the same ``ModelCache`` as ``forward``.
+``F.scaled_dot_product_attention``, and for each matmul the kernel measured
+fastest for its shape on this machine: ``F.linear``, oneDNN, torch's addmm on
+an (in, out) copy, or ``nn.linear.row_linear`` for one row; see ``_kind``),
+writing into the same ``ModelCache`` as ``forward``. It is applied from
+outside the model: ``generate`` picks it when ``DecodeStep.supports(model)``.
 So a prompt can be run with ``forward`` and continued with ``DecodeStep``,
 and the logits agree with ``forward``'s to float rounding (tested to 1e-5 of their scale for
 every cacheable positional encoding, both norm placements, every activation
@@ -39,35 +40,30 @@ V vocabulary.
 
 from __future__ import annotations
 
-import weakref
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
-from torch.utils.weak import WeakIdKeyDictionary
 
 from ..nn.attention import MultiHeadAttention, apply_rotary, attention
 from ..nn.blocks import Block
 from ..nn.feedforward import ACTIVATIONS, FeedForward
-from ..nn.linear import (
-    ONEDNN_MIN_WEIGHT,
-    get_linear_backend,
-    onednn_linear,
-    row_linear,
-    row_linear_parts,
-    uses_onednn,
-    uses_row_linear,
-)
+from ..nn.linear import KernelTuner, default_tuner, onednn_available, onednn_linear, row_linear, row_linear_parts
 from ..nn.masks import attention_mask_for
 from ..nn.norm import LayerNorm
 from ..nn.positional import LearnedPositions, PositionalEncoding
+from .gpt import GPT
 from .inputs import check_length, check_mask
 from .stack import ModelCache
 
 Fn = Callable[[Tensor], Tensor]
+# how a decoding matmul may run: "torch" F.linear on the weight; "onednn" oneDNN's matmul on it; "copy"
+# torch's addmm on an (in, out) copy (F.linear's kernel minus a transpose per call); "row" row_linear on
+# that copy (one row only)
+DECODE_KERNELS: tuple[str, ...] = ("torch", "onednn", "copy", "row")
 
 
 def _norm_fn(norm: nn.Module) -> Fn:
@@ -80,86 +76,27 @@ def _norm_fn(norm: nn.Module) -> Fn:
     return norm.forward
 
 
-# (in, out) copies of weights, for one-row products (row_linear, or torch's addmm on a small weight), kept
-# from one decoding call to the next: copying every weight of a 124M model takes about 0.3 s, as long as
-# twenty decoding steps. A copy is used only while its weight is unchanged: the same storage (held by a
-# weak reference, so a freed storage whose address is reused does not match), offset and strides, the
-# same version counter (bumped by every in-place op), and no optimizer step since (fused optimizers update
-# parameters without bumping it; a hook drops the copies of the parameters an optimizer steps). Not seen:
-# in-place writes that bypass the version counter outside an optimizer's step (through ``.data``, or a
-# numpy or DLPack alias; a functional fused update such as torch.optim.adamw.adamw(..., fused=True)):
-# call ``release_weight_copies()`` after them. A copy goes with its weight (weak keys)
-_COPIES: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (stamp, storage ref, copy)
-_optimizer_hook = None
-
-
-def _forget_stepped(optimizer, args, kwargs) -> None:
-    """After any optimizer's step: drop the copies of the parameters it may have changed."""
-    if _COPIES:
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if isinstance(p, Tensor):
-                    _COPIES.pop(p, None)
-
-
-def _in_out(weight: Tensor) -> Tensor:
-    """``weight.T``, contiguous: the (in, out) copy of an (out, in) weight, kept while the weight is unchanged."""
-    global _optimizer_hook
-    if weight.is_inference():  # no version counter to tell whether it changed: copy every time
-        return weight.detach().t().contiguous()
-    storage = weight.untyped_storage()
-    stamp = (weight.storage_offset(), weight.stride(), weight._version)
-    kept = _COPIES.get(weight)
-    if kept is not None and kept[0] == stamp and kept[1]() is storage:
-        return kept[2]
-    if _optimizer_hook is None:
-        _optimizer_hook = register_optimizer_step_post_hook(_forget_stepped)
-    copy = weight.detach().t().contiguous()
-    _COPIES[weight] = (stamp, weakref.ref(storage), copy)
-    return copy
-
-
-def release_weight_copies() -> None:
-    """Free the (in, out) weight copies kept for decoding (of every model); the next
-    decoding call makes the ones it needs again. Call it after in-place writes to
-    weights that bypass the version counter outside an optimizer's step (through
-    ``.data``, a numpy or DLPack alias, a functional fused optimizer update), to
-    return the memory while a model stays alive, or before
-    ``torch.utils.swap_tensors`` on a weight (which refuses tensors with weak
-    references). The copies are otherwise freed with their weights, and dropped
-    by any optimizer step."""
-    _COPIES.clear()
-
-
-def _bind(lin: nn.Linear | None, kind: str, parts: int = 1) -> Fn | None:
-    """``lin`` as a function of x (rows, in), by ``kind``: "onednn" (oneDNN's matmul on the
-    weight as it is), "row" (``row_linear`` on the (in, out) copy; one row), "copy" (torch's
-    addmm on the (in, out) copy: ``F.linear``'s kernel minus a transpose per call) or
-    "torch" (``F.linear`` on the parameters, which autograd can differentiate)."""
-    if lin is None:
-        return None
-    w, b = lin.weight, lin.bias
+def _bound(kind: str, w: Tensor, b: Tensor | None, wt: Tensor | None, parts: int) -> Fn:
+    """x (rows, in) -> x @ w.T + b by ``kind`` (see ``DECODE_KERNELS``); ``wt`` is w's (in, out) copy."""
     if kind == "onednn":
         return lambda x: onednn_linear(x, w, b)
     if kind == "torch":
         return lambda x: F.linear(x, w, b)
-    wt = _in_out(w)
     if kind == "row":
         ids, offsets = row_linear_parts(wt.size(0), parts, wt.device)
         return lambda x: row_linear(x, wt, b, ids, offsets)
     return (lambda x: torch.mm(x, wt)) if b is None else (lambda x: torch.addmm(b, x, wt))
 
 
-def _kind(x: Tensor, lin: nn.Linear | None, grad: bool) -> str:
-    """The kernel for rows x by ``lin``'s weight (see ``_bind``)."""
-    if lin is None or grad:
-        return "torch"
-    w = lin.weight
-    if uses_row_linear(x, w):
-        return "row"
-    if uses_onednn(x, w):
-        return "onednn"
-    return "copy" if w.device.type == "cpu" and w.numel() < ONEDNN_MIN_WEIGHT else "torch"
+def _eligible(x: Tensor, w: Tensor) -> tuple[str, ...]:
+    """The kernels that may compute rows x by weight w: all of them for a float32 CPU product
+    outside autocast (``row`` for one row only), else ``F.linear`` alone."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
+        return ("torch",)
+    if torch.is_autocast_enabled("cpu"):
+        return ("torch",)
+    kinds = ("torch", "copy") + (("onednn",) if onednn_available() else ())
+    return kinds + (("row",) if x.size(0) == 1 else ())
 
 
 @dataclass(frozen=True)
@@ -192,28 +129,29 @@ class DecodeStep:
     logits after the last token, as ``forward(token_ids, cache=cache)[:, -1]``.
     T is 1 for a decoding step, or the prompt's length for the first call.
 
-    Build it once per decoding run, after the weights are final. Each matmul
-    is bound, at the first call with a given row count, to the kernel that
-    reads its weight fastest here: one row (batch-1 decoding) by a weight of
-    at least ``nn.linear.ROW_LINEAR_MIN_WEIGHT`` numbers goes to
-    ``nn.linear.row_linear``; more rows by a big weight to oneDNN, on the
-    module's own tensor; a smaller weight to torch's addmm (about 1.05x
-    tokens/s for the small model). The first and last of these read an
-    (in, out) copy of the weight, taken at binding, so a change to the
-    parameters after binding may not show through. The copies are kept for
-    later decoding runs while their weights stay unchanged (see ``_COPIES``),
-    so a model that has decoded one row at a time holds its big weights
-    twice until it is freed, an optimizer steps it, or
-    ``release_weight_copies()`` is called. With gradients enabled
-    (``decode_step`` outside ``torch.no_grad``) every matmul takes
-    ``F.linear`` on the parameters, which autograd can differentiate.
-    ``DecodeStep.supports(model)`` is None when the model's configuration is
-    covered, else the reason it is not; the constructor raises that reason.
+    ``generate`` builds one per decoding call when ``DecodeStep.supports(model)``
+    is None (the configuration is covered; else the reason it is not), so the
+    step sees the weights as they are then. Each matmul is bound, at the first call with a given
+    row count, to the kernel ``tuner`` measured fastest for its shape (see
+    ``DECODE_KERNELS``; every layer has the same shapes, so the first layer's
+    choice serves all). The kernels "copy" and "row" read an (in, out) copy of
+    the weight, taken at binding and owned by the step: it goes when the step
+    goes, and a change to the parameters after binding does not show through.
+    With gradients enabled every matmul takes ``F.linear`` on the parameters,
+    which autograd can differentiate.
+
+    Args:
+        model: the GPT (its ``supports`` reason is raised as a ValueError).
+        tuner: where kernel choices are measured and kept (default: the process's).
+        force: a ``DECODE_KERNELS`` name every float32 CPU matmul takes where it
+            can ("row": one-row products only), unmeasured; None: measure.
     """
 
     @staticmethod
     def supports(model: nn.Module) -> str | None:
-        """None if every module of ``model`` is one this step reproduces exactly; else why not."""
+        """None if ``model`` is a GPT whose every module this step reproduces exactly; else why not."""
+        if not isinstance(model, GPT) or type(model).forward is not GPT.forward:
+            return f"{type(model).__name__} is not a GPT with GPT's forward"
         cfg = model.config
         if model.training and cfg.dropout > 0:
             return "dropout is active (training mode with dropout > 0); call model.eval()"
@@ -233,10 +171,12 @@ class DecodeStep:
                 return f"block {i} has a feed-forward sublayer of type {type(block.mlp).__name__}"
         return None
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, tuner: KernelTuner | None = None, force: str | None = None) -> None:
         reason = self.supports(model)
         if reason is not None:
             raise ValueError(f"DecodeStep cannot reproduce this model's forward: {reason}; use model(...) instead")
+        if force is not None and force not in DECODE_KERNELS:
+            raise ValueError(f"DecodeStep force={force!r} is not one of {DECODE_KERNELS}")
         cfg = model.config
         embed = model.embed
         self.n_layer, self.n_head, self.d_model = cfg.n_layer, cfg.n_head, cfg.d_model
@@ -250,14 +190,12 @@ class DecodeStep:
         self.has_rotary = type(embed.pos).rotary is not PositionalEncoding.rotary
         self.has_bias = type(embed.pos).attention_bias is not PositionalEncoding.attention_bias
         self.layers = [_layer(b) for b in model.decoder.blocks]
-        # every block pre-norm with a residual, fused attention and an ungated feed-forward: the
-        # one-token step can take _one_token's loop
-        self.plain = self.norm_first and self.residual and all(
-            l.impl == "fused" and l.mlp_norm is not None and l.activation is not None for l in self.layers
-        )
         self.final_norm = _norm_fn(model.decoder.final_norm)
         self.head = model.lm_head
-        self._chosen: dict[tuple, tuple[list[tuple[Fn | None, ...]], Fn]] = {}  # see _matmuls
+        self.tuner = tuner if tuner is not None else default_tuner()
+        self.force = force
+        self.copies: dict[int, Tensor] = {}  # id(weight) -> its (in, out) copy, owned by this step
+        self._plans: dict[tuple, tuple[list[tuple[Fn | None, ...]], Fn]] = {}  # see _matmuls
 
     def __call__(
         self,
@@ -271,7 +209,7 @@ class DecodeStep:
             token_ids: (B, T) the new tokens of each row: one per decoding
                 step, or a whole prompt. Not read back for a range check (an
                 id outside the vocabulary raises torch's IndexError from the
-                embedding); ``GPT.decode_step`` checks.
+                embedding); ``generate`` checks them.
             cache: the model's ``ModelCache``, extended by T positions.
             attention_mask: (B, S) 1 for real tokens, cached and new, or None.
             position_ids: (B, T) positions for absolute encodings; default
@@ -312,8 +250,6 @@ class DecodeStep:
 
         pre_residual = self.norm_first and self.residual  # the common case, inlined: x + sublayer(norm(x))
         plan, head = self._matmuls(x, B)
-        if T == 1 and self.plain and rope is None and mask is None and bias is None:
-            return head(self.final_norm(self._one_token(x, cache, plan)))  # (B, V)
         for layer, kv, (qkv_mm, out_mm, up_mm, gate_mm, down_mm) in zip(self.layers, cache.self_attn, plan):
             # self-attention sublayer
             h = layer.attn_norm(x) if self.norm_first else x
@@ -346,38 +282,52 @@ class DecodeStep:
         return head(self.final_norm(x))  # (B, V)
 
     def _matmuls(self, x: Tensor, B: int) -> tuple[list[tuple[Fn | None, ...]], Fn]:
-        """Each layer's matmuls (q|k|v, out, up, gate, down) and the head's, bound to their weights,
-        each on the kernel ``_kind`` picks for rows x (B T, C) and the weight's size. Every layer has
-        the same shapes, so one choice serves all; remembered per row count, backend, autocast,
-        grad mode and thread count."""
+        """Each layer's matmuls (q|k|v, out, up, gate, down) and the head's, bound to their weights
+        on the kernels chosen for rows x (B T, C); remembered per row count, autocast, grad mode and
+        thread count."""
         grad = torch.is_grad_enabled()  # with gradients on, F.linear on the parameters themselves
         threads = torch.get_num_threads()  # row_linear cuts each weight into one part per thread
-        key = (x.size(0), get_linear_backend(), torch.is_autocast_enabled(x.device.type), grad, threads)
-        chosen = self._chosen.get(key)
-        if chosen is None:
+        key = (x.size(0), torch.is_autocast_enabled(x.device.type), grad, threads)
+        plan = self._plans.get(key)
+        if plan is None:
             first = self.layers[0]
-            kind = {name: _kind(x, lin, grad)
+            kind = {name: self._kind(x, lin, grad)
                     for name, lin in (("qkv", first.qkv), ("out", first.out), ("up", first.up), ("down", first.down))}
-            plan = [tuple(_bind(lin, kind[name], threads) for lin, name in
-                          ((l.qkv, "qkv"), (l.out, "out"), (l.up, "up"), (l.gate, "up"), (l.down, "down")))
-                    for l in self.layers]  # fmt: skip
-            head = _bind(self.head, _kind(x[:B], self.head, grad), threads)
-            chosen = self._chosen[key] = (plan, head)
-        return chosen
+            layers = [tuple(self._bind(lin, kind[name], threads) for lin, name in
+                            ((l.qkv, "qkv"), (l.out, "out"), (l.up, "up"), (l.gate, "up"), (l.down, "down")))
+                      for l in self.layers]  # fmt: skip
+            head = self._bind(self.head, self._kind(x[:B], self.head, grad), threads)
+            plan = self._plans[key] = (layers, head)
+        return plan
 
-    def _one_token(self, x: Tensor, cache: ModelCache, plan: list[tuple[Fn | None, ...]]) -> Tensor:
-        """The layers of the loop in ``__call__`` for the most common decoding step, with its
-        branches resolved: one new token per row (x (B, C)), no padding, no rotary positions or
-        attention bias, and ``plain`` blocks (pre-norm residual blocks with a fused attention
-        and an ungated feed-forward). About 5% fewer microseconds per step for the small model."""
-        B, H, D, C = x.size(0), self.n_head, self.head_dim, self.d_model
-        sdpa = F.scaled_dot_product_attention
-        for layer, kv, (qkv_mm, out_mm, up_mm, _, down_mm) in zip(self.layers, cache.self_attn, plan):
-            qkv = qkv_mm(layer.attn_norm(x)).view(B, 3, H, 1, D)  # (B, 3, H, 1, D)
-            k, v = kv.append_kv(qkv.narrow(1, 1, 2))  # 2 x (B, H, S, D)
-            x = x + out_mm(sdpa(qkv.select(1, 0), k, v).view(B, C))
-            x = x + down_mm(layer.activation(up_mm(layer.mlp_norm(x))))
-        return x  # (B, C)
+    def _kind(self, x: Tensor, lin: nn.Linear | None, grad: bool) -> str:
+        """The kernel for rows x by ``lin``'s weight: forced, or measured by the tuner."""
+        if lin is None or grad:
+            return "torch"
+        w, b = lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
+        kinds = _eligible(x, w)
+        if self.force is not None:
+            return self.force if self.force in kinds else "torch"
+        if len(kinds) == 1:
+            return "torch"
+        xs = x.new_zeros(x.size(0), w.size(1)).normal_()
+
+        def candidates() -> dict[str, Callable[[], object]]:
+            wt = w.t().contiguous()  # a trial copy, freed after measuring
+            return {k: functools.partial(_bound(k, w, b, wt, torch.get_num_threads()), xs) for k in kinds}
+
+        return self.tuner.choose(self.tuner.shape_key("decode", xs, w, b, grad=False), candidates)
+
+    def _bind(self, lin: nn.Linear | None, kind: str, parts: int) -> Fn | None:
+        if lin is None:
+            return None
+        w, b = lin.weight, lin.bias
+        wt = None
+        if kind in ("copy", "row"):
+            wt = self.copies.get(id(w))
+            if wt is None:
+                wt = self.copies[id(w)] = w.detach().t().contiguous()
+        return _bound(kind, w, b, wt, parts)
 
     def _residual(self, x: Tensor, out: Tensor, norm: Fn) -> Tensor:
         """Pre-norm: x + out; post-norm: norm(x + out); without the skip, out alone."""
@@ -385,4 +335,4 @@ class DecodeStep:
         return y if self.norm_first else norm(y)
 
 
-__all__ = ["DecodeStep", "release_weight_copies"]
+__all__ = ["DECODE_KERNELS", "DecodeStep"]

@@ -5,20 +5,14 @@ Legend: B batch, T new positions, S all positions (cache + new), C width, V voca
 
 from __future__ import annotations
 
-import logging
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.attention import KVCache
-from ..nn.linear import Linear
 from ..tasks.base import IGNORE_INDEX
-from .inputs import check_ids, check_mask, drop_full_mask
+from .inputs import check_mask, drop_full_mask
 from .stack import Embedder, ModelCache, Stack, init_weights
 from .config import GPTConfig
-from .fast_decode import DecodeStep
-
-log = logging.getLogger(__name__)
 
 
 class GPT(nn.Module):
@@ -34,7 +28,7 @@ class GPT(nn.Module):
         self.config = config
         self.embed = Embedder(config, config.vocab_size)
         self.decoder = Stack(config, config.n_layer, causal=True)
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         init_weights(self, config.init_std)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.tok.weight
@@ -48,41 +42,6 @@ class GPT(nn.Module):
                 "sequence length, so it cannot decode with a key/value cache; pass use_cache=False"
             )
         return ModelCache([KVCache(capacity=capacity) for _ in self.decoder.blocks])
-
-    def fast_decoder(self) -> DecodeStep | None:
-        """The lean one-token step for this model's current weights and mode
-        (see ``models/fast_decode.py``), or None when the configuration is not
-        covered (the reason is logged at debug level); then use ``forward``."""
-        reason = DecodeStep.supports(self)
-        if reason is not None:
-            log.debug("GPT.fast_decoder: falling back to forward: %s", reason)
-            return None
-        return DecodeStep(self)
-
-    def decode_step(
-        self,
-        token_ids: Tensor,
-        cache: ModelCache,
-        attention_mask: Tensor | None = None,
-        position_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Logits (B, V) for the position after ``token_ids`` (B, 1), extending ``cache``.
-
-        The same result as ``self(token_ids, attention_mask, position_ids, cache)[:, -1]``
-        (arguments as in ``forward``), through ``DecodeStep`` when the
-        configuration allows and ``forward`` otherwise. This convenience
-        checks the ids (reading them back) and builds a ``DecodeStep`` on
-        every call; a decoding loop should hold ``fast_decoder()`` instead,
-        as ``generate`` does. With gradients enabled the cache is extended
-        out of place (``KVCache``), one copy of it per call, so that backward
-        can run through several calls; decode under ``torch.no_grad()``
-        unless gradients are wanted.
-        """
-        check_ids(token_ids, self.config.vocab_size, "token_ids")
-        step = self.fast_decoder()
-        if step is None:
-            return self(token_ids, attention_mask, position_ids, cache)[:, -1]
-        return step(token_ids, cache, attention_mask, position_ids)
 
     def forward(
         self,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..nn.linear import Linear
 from .config import MLPConfig
 
 
@@ -17,7 +16,7 @@ class MLP(nn.Module):
         dims = [config.in_dim, *config.hidden_dims, config.out_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(Linear(a, b))
+            layers.append(nn.Linear(a, b))
             if i < len(dims) - 2:
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import unknown_name
-from .linear import Linear, linear
 from .masks import attention_mask_for, causal_mask
 
 AttentionImpl = Literal["fused", "reference"]
@@ -228,8 +227,8 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         self.d_model, self.n_head, self.head_dim = d_model, n_head, d_model // n_head
         self.dropout, self.impl, self.causal = dropout, impl, causal
-        self.in_proj = Linear(d_model, 3 * d_model, bias=bias)
-        self.out_proj = Linear(d_model, d_model, bias=bias)
+        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
     def _heads(self, x: Tensor) -> Tensor:
@@ -270,11 +269,11 @@ class MultiHeadAttention(nn.Module):
         else:  # cross-attention: queries from x, keys/values from context
             w_q, w_kv = self.in_proj.weight.split([C, 2 * C])
             b_q, b_kv = (None, None) if self.in_proj.bias is None else self.in_proj.bias.split([C, 2 * C])
-            q = self._heads(linear(x, w_q, b_q))  # (B, H, T, D)
+            q = self._heads(F.linear(x, w_q, b_q))  # (B, H, T, D)
             if cache is not None and cache.filled:
                 k, v = cache.keys_values()  # (B, H, S, D), computed at the first step
             else:
-                k, v = linear(context, w_kv, b_kv).split(C, dim=-1)  # 2 x (B, S, C)
+                k, v = F.linear(context, w_kv, b_kv).split(C, dim=-1)  # 2 x (B, S, C)
                 k, v = self._heads(k), self._heads(v)  # (B, H, S, D)
                 if cache is not None:
                     cache.set_static(k, v)

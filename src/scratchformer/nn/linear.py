@@ -1,50 +1,47 @@
-"""Linear layers, with the CPU matmul sent to oneDNN.
+"""Matmul kernels for Linear layers, chosen by measuring on the machine at hand.
 
-``Linear`` is ``torch.nn.Linear`` (same parameters, names, initialisation
-and state dict) whose float32 matmul on the CPU goes through oneDNN, the
-kernel library PyTorch ships for CPU inference, instead of the BLAS that
-``F.linear`` calls. Why: PyTorch's x86 builds call Intel MKL for float32
-matmuls, and on AMD processors MKL takes its AVX2 code path, while oneDNN
-uses AVX-512 wherever the CPU has it. On the AMD EPYC this project is
-measured on, oneDNN runs a Linear's forward and backward at the training
-shapes up to about twice as fast, and reads the weights about twice as
-fast in batch-1 decoding (``benchmarks/bench_linear.py``; its table is in
-docs/results.md). On a CPU where MKL is at its best the gain is smaller.
+Model code uses plain ``torch.nn.Linear``. Speed is applied from outside:
+``fast_linears(model)`` swaps each ``nn.Linear`` of a built model for a
+``TunedLinear`` (the same ``Parameter`` objects, so the same state dict, tied
+weights stay tied), whose forward asks a ``KernelTuner`` which kernel
+computes ``x @ W.T + b`` fastest for that shape. The tuner decides the way
+``torch.backends.cudnn.benchmark`` does: the first product of a shape class
+(rows, in, out, bias, dtype, device, with or without gradients, threads) times
+every candidate, interleaved, on copies of the operands, keeps the fastest,
+and reuses that choice for every later product of the class.
 
-The result is the same function: the same float32 inputs, float32
-accumulation, no reduced-precision mode. Only the order of the additions
-inside the dot products differs, so outputs agree with ``F.linear`` to float
-rounding (tested to 1e-5 relative, forward and backward, in
-``tests/test_linear.py``); a model trains and resumes bit-identically as long
-as the backend stays the same.
+Why measure: PyTorch's x86 builds send float32 matmuls to Intel MKL, which
+takes its AVX2 code on AMD processors, where oneDNN (shipped inside PyTorch)
+runs the same product up to twice as fast; on an Intel Xeon MKL is at its
+best and oneDNN's extra cost per call makes it slower. The CPU model decides,
+so nothing here assumes one.
 
-Backends, chosen process-wide with ``set_linear_backend`` (or the
-``SCRATCHFORMER_LINEAR`` environment variable):
+The candidates (``KERNELS``): ``"torch"`` is ``F.linear`` itself, the
+baseline; ``"onednn"`` is oneDNN's matmul forward and backward
+(``_OneDNNLinear``). Another kernel wins only when its median time is below
+``KernelTuner.margin`` (0.95) times F.linear's, so the default is never slower
+than plain ``F.linear`` beyond measuring noise. Products below
+``MEASURE_MIN_MACS`` multiply-adds stay on ``F.linear`` unmeasured (no other
+kernel's fixed cost per call pays back there). Float64, bfloat16, autocast,
+non-CPU devices, forward-mode AD and ``torch.func`` transforms take
+``F.linear``; under ``torch.compile`` a choice already made is kept (the
+oneDNN kernel as an opaque custom op) and an unmeasured class takes ``F.linear``.
 
-- ``"auto"`` (default): on x86-64, oneDNN for float32 matmuls on the CPU
-  of at least ``ONEDNN_MIN_MACS`` multiply-adds or with a weight of at least
-  ``ONEDNN_MIN_WEIGHT`` numbers, when this PyTorch has it, eager or
-  under ``torch.compile``; ``F.linear`` for everything else (small
-  products, where oneDNN's fixed cost per call dominates; CUDA; float64;
-  bfloat16; autocast; forward-mode AD and ``torch.func`` transforms). A
-  backward with ``create_graph=True`` runs torch's ops, so double backward
-  works. Not covered: ``torch.compile`` wrapped *around* a ``torch.func``
-  transform of a model on the oneDNN path (the transform cannot be seen
-  while tracing, and ``torch.func.grad`` then gets no gradient through the
-  op); use the "torch" backend there. The other order,
-  ``torch.func.grad(torch.compile(f))``, works.
-- ``"torch"``: always ``F.linear``.
-- ``"onednn"``: oneDNN for every float32 CPU matmul whatever its size (an
-  error if this PyTorch has no oneDNN).
+The result is the same function: same float32 inputs and accumulation; only
+the order of additions inside a dot product differs between kernels, so a run
+is bit-exact only with the same choices. ``KernelTuner.choices`` is a plain
+dict that the trainer saves in every checkpoint and restores on resume.
 
-One more kernel serves batch-1 decoding, where a step multiplies one row by
-every weight and the time is that of reading the weights from memory:
-``row_linear`` computes ``x @ W.T`` for a single row as the weighted sum of the
-rows of W.T, an (in, out) copy, which ``F.embedding_bag`` (FBGEMM's kernel)
-reads in one pass, split between the threads. It reads weights about 1.3x as
-fast as oneDNN's one-row product here (``benchmarks/bench_linear.py``).
-``uses_row_linear`` says when "auto" takes it; ``DecodeStep`` (decoding)
-is its user, since it needs the copy.
+Choices are cached per tuner; ``default_tuner()`` is the process's cache
+(the cudnn.benchmark analogue: measurements, never a behaviour switch).
+With ``$SCRATCHFORMER_KERNEL_CACHE`` naming a JSON file, or
+``KernelTuner(path=...)``, they are also kept on disk, keyed by CPU model,
+core count and torch version (``machine_key``), and written atomically.
+
+``row_linear`` is the one-row kernel batch-1 decoding may use (through
+``models/fast_decode.DecodeStep``, which also measures): ``x @ W.T`` as the
+weighted sum of the rows of an (in, out) copy of W, read in one pass by
+``F.embedding_bag``, split between the threads.
 
 Legend: N rows (every leading dimension of x flattened), K in features,
 M out features.
@@ -52,11 +49,14 @@ M out features.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import platform
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Literal
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -64,23 +64,15 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, unknown_name
 
-LinearBackend = Literal["auto", "torch", "onednn"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onednn")
-ENV_VAR = "SCRATCHFORMER_LINEAR"
-# oneDNN costs about 13 us more per call than F.linear (here); it pays that back from about
-# 2M multiply-adds (a (32, 128) x (128, 512) product is a tie), or on a weight of 1M numbers
-# or more even for one row, which it reads from memory faster (decoding)
-ONEDNN_MIN_MACS = 1 << 21
-ONEDNN_MIN_WEIGHT = 1 << 20
-# a one-row product by row_linear costs about 3 us more per call than torch's addmm; from weights of
-# about 128K numbers on it reads them faster (a (128, 384) weight: 7 vs 4 us; (256, 768): 10 vs 11 us)
-ROW_LINEAR_MIN_WEIGHT = 1 << 17
+LinearFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onednn")  # train.linear_backend: measure, or force one kernel
+CACHE_ENV = "SCRATCHFORMER_KERNEL_CACHE"
+# below this many multiply-adds a product stays on F.linear without measuring: oneDNN's fixed cost
+# per call (about 13 us more than F.linear) cannot pay back, and the timing would cost more than it saves
+MEASURE_MIN_MACS = 1 << 16
 
-
-# oneDNN ships inside PyTorch's CPU builds (torch.compile's CPU backend uses it too). "auto" uses it
-# on x86-64 only, where it was measured against MKL; elsewhere (e.g. ARM, with other BLAS) ask for it
+# oneDNN ships inside PyTorch's CPU builds (torch.compile's CPU backend uses it too)
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_AUTO_ONEDNN = _ONEDNN and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def onednn_available() -> bool:
@@ -88,78 +80,23 @@ def onednn_available() -> bool:
     return _ONEDNN
 
 
-def _checked(name: str, source: str) -> str:
-    if name not in BACKENDS:
-        raise unknown_name(source, name, BACKENDS)
-    if name == "onednn" and not _ONEDNN:
-        raise ConfigError(f"{source}='onednn', but this PyTorch build has no oneDNN linear kernel; use 'auto' or 'torch'")
-    return name
-
-
-_backend: str | None = None  # None: not chosen yet; read the environment on first use
-
-
-def get_linear_backend() -> str:
-    """The process-wide backend: ``set_linear_backend``'s choice, else ``$SCRATCHFORMER_LINEAR``, else "auto"."""
-    global _backend
-    if _backend is None:
-        _backend = _checked(os.environ.get(ENV_VAR, "auto"), f"linear backend ${ENV_VAR}")
-    return _backend
-
-
-def set_linear_backend(name: LinearBackend) -> None:
-    """Choose how every scratchformer ``Linear`` multiplies: "auto", "torch" or "onednn"."""
-    global _backend
-    _backend = _checked(name, "linear backend")
-
-
-@contextmanager
-def linear_backend(name: LinearBackend) -> Iterator[None]:
-    """``with linear_backend("torch"): ...`` runs the block with another backend, then restores it."""
-    global _backend
-    saved = _backend  # as it was, unread environment included
-    set_linear_backend(name)
+def cpu_model() -> str:
+    """The CPU's marketing name ("Intel(R) Xeon(R) Platinum 8480+"), or the best the platform says."""
     try:
-        yield
-    finally:
-        _backend = saved
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _in_transform() -> bool:
-    """Forward-mode AD or a ``torch.func`` transform is active: they need ``F.linear``'s
-    derivative rules, which the oneDNN path does not provide."""
-    if torch.autograd.forward_ad._current_level >= 0:
-        return True
-    level = getattr(torch._C._functorch, "maybe_current_level", None)
-    return level is not None and level() is not None
+def machine_key() -> str:
+    """What a kernel choice depends on besides the shape: CPU model, core count, torch version."""
+    return f"{cpu_model()} | {os.cpu_count()} cores | torch {torch.__version__}"
 
 
-def uses_onednn(x: Tensor, weight: Tensor) -> bool:
-    """Whether ``linear(x, weight)`` takes the oneDNN path: a float32 matmul on the CPU
-    outside autocast, forward-mode AD and ``torch.func`` transforms, under backend "onednn",
-    or under "auto" when it has at least ``ONEDNN_MIN_MACS`` multiply-adds or its weight at
-    least ``ONEDNN_MIN_WEIGHT`` numbers."""
-    backend = get_linear_backend()
-    eligible = (
-        _ONEDNN
-        and backend != "torch"
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and x.dim() >= 2
-        and x.numel() > 0
-        and weight.numel() > 0
-        and not torch.is_autocast_enabled("cpu")
-        and (torch.compiler.is_compiling() or not _in_transform())
-    )
-    if not eligible:
-        return False
-    if backend == "onednn":
-        return True
-    n = weight.numel()
-    return _AUTO_ONEDNN and (n >= ONEDNN_MIN_WEIGHT or x.numel() // x.size(-1) * n >= ONEDNN_MIN_MACS)
-
-
+# ---------------------------------------------------------------------------- the kernels
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias by oneDNN, no autograd. x: (..., K); weight: (M, K), any strides; bias: (M,)."""
     if torch.compiler.is_compiling():
@@ -178,56 +115,6 @@ def _compiled_onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> T
 @_compiled_onednn_linear.register_fake
 def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty((*x.shape[:-1], weight.size(0)))
-
-
-def matmul_for(x: Tensor, weight: Tensor) -> Callable[..., Tensor]:
-    """The kernel ``linear`` would use for these operands, without autograd:
-    ``onednn_linear`` or ``F.linear`` (both called as ``fn(x, weight, bias)``)."""
-    return onednn_linear if uses_onednn(x, weight) else F.linear
-
-
-def uses_row_linear(x: Tensor, weight: Tensor) -> bool:
-    """Whether a one-row product x (1, K) by ``weight`` (M, K), without gradients, reads
-    the weight faster through ``row_linear`` (on its (K, M) copy): under backend "auto" on
-    x86-64, a float32 CPU product outside autocast with at least ``ROW_LINEAR_MIN_WEIGHT``
-    numbers in the weight."""
-    return (
-        _AUTO_ONEDNN
-        and get_linear_backend() == "auto"
-        and x.dim() == 2
-        and x.size(0) == 1
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and weight.numel() >= ROW_LINEAR_MIN_WEIGHT
-        and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-    )
-
-
-def row_linear_parts(k: int, parts: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The ids 0..K-1 of a weight's rows and the offsets that cut them into ``parts`` bags
-    (one per thread) of nearly equal size, for ``row_linear``: (K,) and (P,) int64, where
-    P = min(parts, K), at least 1."""
-    parts = max(1, min(parts, k))
-    ids = torch.arange(k, device=device)
-    offsets = torch.div(torch.arange(parts, device=device) * k, parts, rounding_mode="floor")
-    return ids, offsets
-
-
-def row_linear(x: Tensor, weight_t: Tensor, bias: Tensor | None, ids: Tensor, offsets: Tensor) -> Tensor:
-    """x @ weight_t + bias for a single row, no autograd. x: (1, K); weight_t: (K, M),
-    contiguous (the transpose of a Linear's weight); ``ids``, ``offsets`` from
-    ``row_linear_parts(K, ...)``. Returns (1, M).
-
-    x @ weight_t is the sum over k of x[k] * weight_t[k], a weighted sum of rows: what
-    ``F.embedding_bag`` computes (mode "sum" with per-sample weights), streaming each
-    row once. Cut into bags that the threads take in parallel, it gives one partial sum
-    per bag, (P, M), which are then added, all in x's dtype (float32 where
-    ``uses_row_linear`` chooses this kernel)."""
-    partial = F.embedding_bag(ids, weight_t, offsets, mode="sum", per_sample_weights=x[0])  # (parts, M)
-    y = partial if partial.size(0) == 1 else partial.sum(0, keepdim=True)  # (1, M)
-    return y if bias is None else y.add_(bias)
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -269,20 +156,255 @@ def _differentiable_backward(ctx, x: Tensor, weight: Tensor, grad_out: Tensor):
     return grad_x, grad_w, grad_b
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, through oneDNN when ``uses_onednn`` says so.
-
-    x: (..., K); weight: (M, K); bias: (M,) or None. Returns (..., M).
-    """
-    if not uses_onednn(x, weight):
-        return F.linear(x, weight, bias)
+def onednn_autograd_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear`` through oneDNN, differentiable when any operand requires a gradient."""
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return _OneDNNLinear.apply(x, weight, bias)
     return onednn_linear(x, weight, bias)
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` whose forward is ``scratchformer.nn.linear.linear`` (same parameters and state dict)."""
+# name -> fn(x, weight, bias); "torch" first: the baseline every other kernel must beat
+KERNELS: dict[str, LinearFn] = {"torch": F.linear}
+if _ONEDNN:
+    KERNELS["onednn"] = onednn_autograd_linear
+
+
+def row_linear_parts(k: int, parts: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The ids 0..K-1 of a weight's rows and the offsets that cut them into ``parts`` bags
+    (one per thread) of nearly equal size, for ``row_linear``: (K,) and (P,) int64, where
+    P = min(parts, K), at least 1."""
+    parts = max(1, min(parts, k))
+    ids = torch.arange(k, device=device)
+    offsets = torch.div(torch.arange(parts, device=device) * k, parts, rounding_mode="floor")
+    return ids, offsets
+
+
+def row_linear(x: Tensor, weight_t: Tensor, bias: Tensor | None, ids: Tensor, offsets: Tensor) -> Tensor:
+    """x @ weight_t + bias for a single row, no autograd. x: (1, K); weight_t: (K, M),
+    contiguous (the transpose of a Linear's weight); ``ids``, ``offsets`` from
+    ``row_linear_parts(K, ...)``. Returns (1, M).
+
+    x @ weight_t is the sum over k of x[k] * weight_t[k], a weighted sum of rows: what
+    ``F.embedding_bag`` computes (mode "sum" with per-sample weights), streaming each
+    row once. Cut into bags that the threads take in parallel, it gives one partial sum
+    per bag, (P, M), which are then added."""
+    partial = F.embedding_bag(ids, weight_t, offsets, mode="sum", per_sample_weights=x[0])  # (parts, M)
+    y = partial if partial.size(0) == 1 else partial.sum(0, keepdim=True)  # (1, M)
+    return y if bias is None else y.add_(bias)
+
+
+# ---------------------------------------------------------------------------- choosing by measurement
+def _in_transform() -> bool:
+    """Forward-mode AD or a ``torch.func`` transform is active: they need ``F.linear``'s
+    derivative rules, which the oneDNN path does not provide."""
+    if torch.autograd.forward_ad._current_level >= 0:
+        return True
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return level is not None and level() is not None
+
+
+def time_candidates(candidates: Mapping[str, Callable[[], object]], min_seconds: float = 0.01,
+                    min_repeats: int = 5, max_repeats: int = 50) -> dict[str, float]:
+    """Median seconds of each zero-argument callable, timed in interleaved rounds (so a burst
+    of load on a shared machine hits every candidate alike) after one warm-up call each."""
+    for run in candidates.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    start = time.perf_counter()
+    for r in range(max_repeats):
+        if r >= min_repeats and time.perf_counter() - start >= min_seconds:
+            break
+        for name, run in candidates.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def fastest(seconds: Mapping[str, float], baseline: str, margin: float) -> str:
+    """The fastest candidate, but the baseline unless another beats it by more than ``1 - margin``."""
+    best = min(seconds, key=seconds.__getitem__)
+    return best if seconds[best] < margin * seconds[baseline] else baseline
+
+
+class KernelTuner:
+    """Which kernel each shape class of product takes, measured on first use.
+
+    Args:
+        choices: decisions to start from (a resumed run's, from its checkpoint).
+        force: a ``KERNELS`` name every eligible product takes, unmeasured; None: measure.
+        path: a JSON file keeping choices across processes (keyed by ``machine_key()``).
+        margin: another kernel must take less than ``margin`` times F.linear's time.
+        min_macs: products smaller than this stay on F.linear unmeasured
+            (default ``MEASURE_MIN_MACS``).
+
+    ``choices`` maps a shape key (``shape_key``) to a kernel name; it is plain data,
+    saved with a run so that a resumed run multiplies exactly as the original.
+    """
+
+    def __init__(self, choices: Mapping[str, str] | None = None, force: str | None = None,
+                 path: str | os.PathLike | None = None, margin: float = 0.95,
+                 min_macs: int | None = None) -> None:
+        if force is not None and force not in KERNELS:
+            if force == "onednn":
+                raise ConfigError("linear backend 'onednn', but this PyTorch build has no oneDNN linear kernel; "
+                                  "use 'auto' or 'torch'")
+            raise unknown_name("linear kernel", force, list(KERNELS))
+        self.force, self.margin = force, margin
+        self.min_macs = MEASURE_MIN_MACS if min_macs is None else min_macs
+        self.path = Path(path) if path is not None else None
+        self.choices: dict[str, str] = dict(self._read_disk()) if self.path is not None else {}
+        self._by_shape: dict[tuple, str] = {}  # the same choices by a tuple key: a cheaper look-up per call
+        self.load(choices or {})
+
+    def load(self, choices: Mapping[str, str]) -> None:
+        """Take over recorded choices (a resumed run's); an unknown kernel name is an error."""
+        for key, name in choices.items():
+            if name not in KERNELS:
+                raise ConfigError(f"recorded kernel choice {key!r}: {name!r} is not one of {list(KERNELS)} "
+                                  "in this PyTorch build; resume on a build that has it")
+        self.choices.update(choices)
+        self._by_shape.clear()
+
+    @staticmethod
+    def shape_key(kind: str, x: Tensor, weight: Tensor, bias: Tensor | None, grad: bool) -> str:
+        """``"linear 768x128x512+b float32 cpu grad t2"``: what a choice is keyed by."""
+        n = x.numel() // max(1, x.size(-1))
+        M, K = weight.shape
+        dtype = str(x.dtype).removeprefix("torch.")
+        return (f"{kind} {n}x{K}x{M}{'+b' if bias is not None else ''} {dtype} {x.device.type} "
+                f"{'grad' if grad else 'nograd'} t{torch.get_num_threads()}")
+
+    def choose(self, key: str, candidates: Callable[[], Mapping[str, Callable[[], object]]],
+               baseline: str = "torch") -> str:
+        """The kernel for ``key``: recorded, or measured now on ``candidates()`` (built only when needed)."""
+        name = self.choices.get(key)
+        if name is None:
+            name = fastest(time_candidates(candidates()), baseline, self.margin)
+            self.choices[key] = name
+            if self.path is not None:
+                self._write_disk(key, name)
+        return name
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``F.linear(x, weight, bias)`` through the kernel chosen for its shape class."""
+        return KERNELS[self.kernel_for(x, weight, bias)](x, weight, bias)
+
+    def kernel_for(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> str:
+        """The ``KERNELS`` name ``linear`` uses for these operands (measuring if not yet chosen)."""
+        eligible = (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and weight.dtype == torch.float32
+            and x.dim() >= 2
+            and x.numel() > 0
+            and weight.numel() > 0
+            and not torch.is_autocast_enabled("cpu")
+            and (torch.compiler.is_compiling() or not _in_transform())
+        )
+        if not eligible or len(KERNELS) == 1:
+            return "torch"
+        if self.force is not None:
+            return self.force
+        n = x.numel() // x.size(-1)
+        if n * weight.numel() < self.min_macs:
+            return "torch"
+        grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                            or (bias is not None and bias.requires_grad))
+        fast_key = (n, weight.shape, bias is not None, grad, torch.get_num_threads())  # float32 CPU, as checked
+        name = self._by_shape.get(fast_key)
+        if name is None:
+            key = self.shape_key("linear", x, weight, bias, grad)
+            if torch.compiler.is_compiling():  # no timing while tracing: a choice made eagerly, else F.linear
+                return self.choices.get(key, "torch")
+            name = self._by_shape[fast_key] = self.choose(key, lambda: _linear_candidates(x, weight, bias, grad))
+        return name
+
+    def _read_disk(self) -> dict[str, str]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"kernel cache {str(self.path)!r} is not valid JSON ({e}); delete it") from None
+        mine = data.get(machine_key(), {}) if isinstance(data, dict) else {}
+        return {k: v for k, v in mine.items() if v in KERNELS}
+
+    def _write_disk(self, key: str, name: str) -> None:
+        from ..config import atomic_write_text
+
+        data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+        data.setdefault(machine_key(), {})[key] = name
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _linear_candidates(x: Tensor, weight: Tensor, bias: Tensor | None, grad: bool) -> dict[str, Callable[[], object]]:
+    """Each kernel's product (and backward, when gradients are wanted) on detached copies of the operands."""
+    xs, ws = x.detach().clone(), weight.detach()
+    bs = None if bias is None else bias.detach()
+    if not grad:
+        return {name: functools.partial(fn, xs, ws, bs) for name, fn in KERNELS.items()}
+    xs.requires_grad_(x.requires_grad)
+    ws, bs = ws.clone().requires_grad_(weight.requires_grad), None if bs is None else bs.clone().requires_grad_()
+    dy = torch.randn(*x.shape[:-1], weight.size(0))
+
+    def forward_backward(fn: LinearFn) -> None:
+        fn(xs, ws, bs).backward(dy)
+        xs.grad = ws.grad = None
+        if bs is not None:
+            bs.grad = None
+
+    return {name: functools.partial(forward_backward, fn) for name, fn in KERNELS.items()}
+
+
+@functools.cache
+def default_tuner() -> KernelTuner:
+    """The process's tuner: each shape class is measured once per process (and, with
+    ``$SCRATCHFORMER_KERNEL_CACHE`` set to a JSON path, once per machine)."""
+    return KernelTuner(path=os.environ.get(CACHE_ENV) or None)
+
+
+class TunedLinear(nn.Linear):
+    """``nn.Linear`` whose product goes through ``tuner`` (same parameters and state dict).
+    Made by ``fast_linears`` from an existing ``nn.Linear``."""
+
+    tuner: KernelTuner
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias)
+        return self.tuner.linear(x, self.weight, self.bias)
+
+
+def fast_linears(model: nn.Module, tuner: KernelTuner | None = None) -> KernelTuner:
+    """Swap every ``nn.Linear`` in ``model`` (exactly that class) for a ``TunedLinear`` on the same
+    ``Parameter`` objects, in place; returns the tuner they share (``default_tuner()`` if None).
+    The state dict, tied weights, hooks and ``requires_grad`` flags are unchanged. Apply it to
+    the built model before wrapping it (DDP, FSDP, ``torch.compile``)."""
+    tuner = tuner if tuner is not None else default_tuner()
+    swapped: dict[int, TunedLinear] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                if id(child) not in swapped:
+                    fast = TunedLinear.__new__(TunedLinear)
+                    fast.__dict__.update(child.__dict__)  # the same parameters, buffers and hooks
+                    fast.tuner = tuner
+                    swapped[id(child)] = fast
+                setattr(parent, name, swapped[id(child)])
+    return tuner
+
+
+def linear_kernels(model: nn.Module, backend: str = "auto") -> KernelTuner | None:
+    """Apply ``train.linear_backend`` to a built model: "auto" measures (``fast_linears`` with a
+    tuner of its own, whose choices the run records), "onednn" forces oneDNN, "torch" leaves
+    the model's ``nn.Linear`` as it is (returns None)."""
+    if backend not in BACKENDS:
+        raise unknown_name("linear backend", backend, BACKENDS)
+    if backend == "torch":
+        return None
+    return fast_linears(model, KernelTuner(force=None if backend == "auto" else backend))
+
+
+__all__ = [
+    "BACKENDS", "KERNELS", "KernelTuner", "TunedLinear", "cpu_model", "default_tuner", "fast_linears",
+    "linear_kernels", "machine_key", "onednn_available", "onednn_linear", "row_linear", "row_linear_parts",
+]

@@ -63,13 +63,12 @@ class TrainConfig(Config):
             On a busy machine 1 thread per process is often fastest.
         precision: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32" or "bf16".
         compile: wrap the model in ``torch.compile``.
-        linear_backend: how Linear layers multiply on the CPU: "auto" (on
-            x86-64, oneDNN for big enough float32 products when PyTorch has
-            it, much faster than MKL on AMD CPUs), "torch" (``F.linear``) or
-            "onednn"; None:
-            the process's choice (``$SCRATCHFORMER_LINEAR``, else "auto").
-            See ``scratchformer.nn.linear``. config.json records the backend
-            used, so a resumed run keeps it (bit-identical results).
+        linear_backend: how Linear layers multiply on the CPU: "auto" (None
+            too: each shape's kernel measured on this machine, F.linear unless
+            another is faster), "torch" (plain ``F.linear``) or "onednn"
+            (oneDNN for every float32 product). See ``scratchformer.nn.linear``.
+            Every checkpoint records the kernels chosen, so a resumed run
+            multiplies as the original did (bit-identical results).
         distributed: under torchrun with several processes: "ddp" or "fsdp".
         eval_every: evaluate every this many steps (0: only at the end).
         eval_split: split evaluated during training (default: the first split

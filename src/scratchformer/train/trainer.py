@@ -40,7 +40,7 @@ from ..io import atomic_write_text, save_json
 from ..errors import CheckpointError, ConfigError, ScratchformerError
 from ..evaluate import HIGHER_IS_BETTER, default_best_metric, eval_splits, finish_metrics, split_sums
 from ..losses import TRAIN_ACCURACY_KEY, LossOutput, batch_tokens, correct_predictions, loss_for, target_count
-from ..nn.linear import get_linear_backend, linear_backend
+from ..nn.linear import KernelTuner, linear_kernels
 from ..tasks.base import Batch, Task
 from . import distributed as D
 from .checkpoint import (
@@ -105,6 +105,8 @@ class TrainState:
         loss_fn: the task kind's loss; ``autocast`` makes the precision
             context a forward pass runs in.
         fsdp: the model is sharded over processes.
+        kernels: the Linear kernels chosen for this run (None: plain ``F.linear``,
+            ``train.linear_backend=torch``); checkpoints record its choices.
         eval_split, best_metric: what is evaluated while training, and what "best" means.
         step: updates done; ``best`` the best evaluation so far; ``last_eval``
             the final step's evaluation (reused at the end when it saw the whole split).
@@ -126,6 +128,7 @@ class TrainState:
     loss_fn: Callable[[nn.Module, Batch], LossOutput]
     autocast: Callable[[], AbstractContextManager]
     fsdp: bool
+    kernels: KernelTuner | None
     eval_split: str | None
     best_metric: str
     step: int = 0
@@ -167,14 +170,11 @@ def train(
         NonFiniteLossError: the loss or gradient norm became NaN/inf; the
             message names the step, and the last checkpoint is left untouched.
     """
-    tc = cfg.train
-    # for this run only (None: the process's choice); the caller's choice comes back after
-    with linear_backend(tc.linear_backend or get_linear_backend()):
-        info, device = D.init_distributed(tc.device)
-        try:
-            return train_loop(setup(cfg, info, device, run_dir, resume))
-        finally:
-            D.shutdown_distributed(info)
+    info, device = D.init_distributed(cfg.train.device)
+    try:
+        return train_loop(setup(cfg, info, device, run_dir, resume))
+    finally:
+        D.shutdown_distributed(info)
 
 
 def train_loop(state: TrainState) -> TrainResult:
@@ -371,7 +371,8 @@ def save_training_checkpoint(state: TrainState) -> None:
     model_sd, optim_sd = _state_dicts(state)
     rngs = D.gather_objects(rng_state(), info)
     if info.is_main:
-        saved = {"sampler": state.sampler.state_dict(), "rng": rngs, "best": state.best}
+        saved = {"sampler": state.sampler.state_dict(), "rng": rngs, "best": state.best,
+                 "kernels": dict(state.kernels.choices) if state.kernels is not None else {}}
         save_checkpoint(state.run_dir, state.step, model_sd, optim_sd, saved, state.arch,
                         keep=state.cfg.train.keep_checkpoints)
         save_state_dict(state.run_dir / "model.safetensors", model_sd, state.arch)
@@ -434,7 +435,9 @@ def setup(
     cfg = prepare_init_from(cfg)  # init_from: the checkpoint's model config (and its tokenizer for text tasks)
     task, raw_model, effective = build_run(cfg)
     load_init_weights(raw_model, effective)
-    effective = dataclasses.replace(effective, train=effective.train.replace(linear_backend=get_linear_backend()))
+    # Linear kernels measured on this machine (or forced); checkpoints record the choices
+    kernels = linear_kernels(raw_model, tc.linear_backend or "auto")
+    effective = dataclasses.replace(effective, train=effective.train.replace(linear_backend=tc.linear_backend or "auto"))
     eval_split, best_metric, schedule = _check_options(cfg, task, raw_model, info)
     run_dir = _choose_run_dir(cfg, effective, run_dir, resume, info)
 
@@ -448,7 +451,7 @@ def setup(
         cfg=cfg, arch=effective.arch, info=info, device=device, run_dir=run_dir, task=task,
         train_ds=train_ds, raw_model=raw_model, train_model=train_model, eval_model=raw_model,
         optimizer=optimizer, sampler=ResumableSampler(len(train_ds), cfg.seed), schedule=schedule,
-        loss_fn=loss_for(task.kind), autocast=autocast_factory(use_bf16, device), fsdp=fsdp,
+        loss_fn=loss_for(task.kind), autocast=autocast_factory(use_bf16, device), fsdp=fsdp, kernels=kernels,
         eval_split=eval_split, best_metric=best_metric,
     )
     seed_everything(cfg.seed + info.rank)  # dropout differs between ranks, as with independent workers
@@ -525,7 +528,8 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 
 def _restore(state: TrainState) -> None:
-    """Continue from the run directory's newest complete checkpoint: weights, optimizer, sampler, RNG, best."""
+    """Continue from the run directory's newest complete checkpoint: weights, optimizer, sampler, RNG, best,
+    Linear kernel choices."""
     tc, info, run_dir = state.cfg.train, state.info, state.run_dir
     ckpt_path = latest_checkpoint(run_dir)
     if ckpt_path is None:
@@ -542,6 +546,8 @@ def _restore(state: TrainState) -> None:
         )
     set_rng_state(rngs[info.rank])
     state.step, state.best = ckpt.step, ckpt.state.get("best")
+    if state.kernels is not None:  # multiply as the interrupted run did: bit-identical from here
+        state.kernels.load(ckpt.state.get("kernels", {}))
     if state.step > tc.steps:
         raise ConfigError(
             f"train.steps={tc.steps} is below step {state.step}, which {run_dir} already reached; "
