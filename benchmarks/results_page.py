@@ -31,13 +31,14 @@ SECTIONS = [
      "`scratchformer train` with no arguments (the README's main job), once per seed.",
      "python benchmarks/default_run.py"),
     ("Training speed", "bench_train.md",
-     "A training step of scratchformer's GPT against a plain nanoGPT-style PyTorch GPT of the same shape; "
-     "the context-length table compares the written-out and the fused attention paths. Method: benchmarks/README.md.",
-     "python benchmarks/bench_train.py"),
+     "The trainer's default training step of scratchformer's GPT against a plain nanoGPT-style PyTorch GPT of the "
+     "same shape and, with `--nanogpt DIR`, against nanoGPT's own model.py and configure_optimizers; the "
+     "context-length table compares the written-out and the fused attention paths. Method: benchmarks/README.md.",
+     "python benchmarks/bench_train.py --nanogpt DIR"),
     ("The matmul under every Linear", "bench_linear.md",
-     "torch's `F.linear` (MKL on x86) against oneDNN, the kernel `scratchformer.nn.linear` sends float32 CPU "
-     "matmuls to, and, for batch-1 decoding, against `row_linear` (`F.embedding_bag` over an (in, out) copy of "
-     "each weight): where the training and decoding speed-ups come from.",
+     "torch's `F.linear` against oneDNN, and, for batch-1 decoding, against `row_linear` (`F.embedding_bag` over "
+     "an (in, out) copy of each weight), with the kernel `scratchformer.nn.linear`'s tuner chooses for each shape "
+     "by measuring on this machine.",
      "python benchmarks/bench_linear.py"),
     ("Generation speed", "bench_generate.md",
      "Batch-1 greedy decoding, side by side with Hugging Face `generate` on identical weights.",
@@ -85,6 +86,38 @@ def experiment_reports() -> list[str]:
     return parts
 
 
+def recorded_cpu(name: str) -> str | None:
+    """The CPU model the benchmark's JSON beside ``name`` records (``cpu``, or ``environment.cpu``), if any."""
+    path = OUT / Path(name).with_suffix(".json").name
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        return None
+    env = data.get("environment")
+    return data.get("cpu") or (env.get("cpu") if isinstance(env, dict) else None)
+
+
+def this_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def cpu_line(name: str, command: str) -> str:
+    """Which CPU a section's table came from, labelled when it is not this machine's."""
+    cpu = recorded_cpu(name)
+    if cpu is None:
+        return f"CPU: not recorded with this table (rerun `{command}` to record it)."
+    if cpu != this_cpu():
+        return f"CPU: **{cpu}** (another machine than the one this page was assembled on, {this_cpu()})."
+    return f"CPU: {cpu}."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--import-experiment", metavar="DIR", action="append", default=[],
@@ -101,7 +134,7 @@ def main() -> None:
     ]
     for title, name, about, command in SECTIONS:
         path = OUT / name
-        parts += ["", f"## {title}", "", about, "", f"Command: `{command}`", ""]
+        parts += ["", f"## {title}", "", about, "", f"Command: `{command}`", "", cpu_line(name, command), ""]
         parts.append(path.read_text(encoding="utf-8").rstrip() if path.exists() else "_not measured yet_")
     reports = experiment_reports()
     if reports:
@@ -138,11 +171,16 @@ def update_readme() -> None:
         "",
         headline("default_run.md"),
         "",
-        "**Training step vs a plain nanoGPT-style PyTorch GPT** (`python benchmarks/bench_train.py`):",
+        "**Training step vs a plain nanoGPT-style PyTorch GPT and nanoGPT's own model.py** "
+        "(`python benchmarks/bench_train.py --nanogpt DIR`):",
+        "",
+        cpu_line("bench_train.md", "python benchmarks/bench_train.py --nanogpt DIR"),
         "",
         headline("bench_train.md", "**Where the speed-up"),
         "",
         "**Batch-1 greedy generation vs Hugging Face `generate`** (`python benchmarks/bench_generate.py`):",
+        "",
+        cpu_line("bench_generate.md", "python benchmarks/bench_generate.py"),
         "",
         headline("bench_generate.md"),
         "",

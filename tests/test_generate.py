@@ -807,6 +807,18 @@ def _wide_gpt() -> GPT:
     return gpt(d_model=256, n_head=4, init_std=0.05)
 
 
+def test_the_decode_steps_measurements_leave_the_global_rng_alone():
+    from scratchformer.nn.linear import KernelTuner
+
+    model = _wide_gpt()
+    state = torch.get_rng_state()
+    tuner = KernelTuner()
+    with torch.no_grad():
+        DecodeStep(model, tuner=tuner)(prompt(1, 1), model.new_cache())
+    assert tuner.choices  # it did measure
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_decode_step_one_row_through_row_linear_equals_forward(monkeypatch):
     """Batch-1 steps forced to row_linear take it (counted), and their logits equal forward's;
     a batch of 2 cannot take it; measured choices (whatever they are) equal forward's too."""

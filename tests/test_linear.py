@@ -153,6 +153,18 @@ def test_the_tuner_measures_each_shape_once_and_keeps_the_faster_kernel(monkeypa
     assert len(measured) == 2 and len(tuner.choices) == 2
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_measuring_leaves_the_global_rng_alone(grad):
+    """A measurement must not shift dropout masks or samples: a resumed run, which measures less,
+    would otherwise draw differently from the uninterrupted one."""
+    x, w = torch.randn(64, 256, requires_grad=grad), torch.randn(256, 256, requires_grad=grad)
+    state = torch.get_rng_state()
+    tuner = L.KernelTuner()
+    tuner.linear(x, w)
+    assert tuner.choices  # it did measure
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_small_and_unsupported_products_take_f_linear_unmeasured(monkeypatch):
     monkeypatch.setattr(L, "time_candidates", lambda *a, **k: pytest.fail("measured"))
     tuner = L.KernelTuner()

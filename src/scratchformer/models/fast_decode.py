@@ -310,7 +310,8 @@ class DecodeStep:
             return self.force if self.force in kinds else "torch"
         if len(kinds) == 1:
             return "torch"
-        xs = x.new_zeros(x.size(0), w.size(1)).normal_()
+        # trial rows from a generator of its own: measuring must not move the global RNG (sampling)
+        xs = torch.randn(x.size(0), w.size(1), generator=torch.Generator().manual_seed(0))
 
         def candidates() -> dict[str, Callable[[], object]]:
             wt = w.t().contiguous()  # a trial copy, freed after measuring

@@ -346,7 +346,8 @@ def _linear_candidates(x: Tensor, weight: Tensor, bias: Tensor | None, grad: boo
         return {name: functools.partial(fn, xs, ws, bs) for name, fn in KERNELS.items()}
     xs.requires_grad_(x.requires_grad)
     ws, bs = ws.clone().requires_grad_(weight.requires_grad), None if bs is None else bs.clone().requires_grad_()
-    dy = torch.randn(*x.shape[:-1], weight.size(0))
+    # from a generator of its own: measuring must not move the global RNG (dropout, sampling, resume)
+    dy = torch.randn(*x.shape[:-1], weight.size(0), generator=torch.Generator().manual_seed(0))
 
     def forward_backward(fn: LinearFn) -> None:
         fn(xs, ws, bs).backward(dy)
