@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, unknown_name
+from ..io import atomic_write_text
 
 LinearFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onednn")  # train.linear_backend: measure, or force one kernel
@@ -331,8 +332,6 @@ class KernelTuner:
         return {k: v for k, v in mine.items() if v in KERNELS}
 
     def _write_disk(self, key: str, name: str) -> None:
-        from ..config import atomic_write_text
-
         data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
         data.setdefault(machine_key(), {})[key] = name
         atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
