@@ -314,3 +314,19 @@ def test_decoding_kernels_eligible_for_a_product():
     assert _eligible(one.double(), big.double()) == ("torch",)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _eligible(one, big) == ("torch",)
+
+
+def test_a_measured_model_compiles_and_keeps_its_choices():
+    """Under torch.compile a TunedLinear takes the kernel measured eagerly (no timing while
+    tracing), and a shape not yet measured takes F.linear; the outputs equal eager's."""
+    torch._dynamo.reset()
+    holder = nn.Sequential(nn.Linear(64, 96))
+    tuner = L.fast_linears(holder, L.KernelTuner(min_macs=0))
+    x = torch.randn(8, 64)
+    eager = holder(x)
+    assert len(tuner.choices) == 1
+    compiled = torch.compile(holder, fullgraph=True)  # no graph break in a TunedLinear
+    torch.testing.assert_close(compiled(x), eager)
+    y = torch.randn(5, 64)
+    torch.testing.assert_close(compiled(y), F.linear(y, holder[0].weight, holder[0].bias), rtol=1e-5, atol=1e-5)
+    assert len(tuner.choices) == 1  # nothing measured while tracing

@@ -256,6 +256,7 @@ class KernelTuner:
         self.path = Path(path) if path is not None else None
         self.choices: dict[str, str] = dict(self._read_disk()) if self.path is not None else {}
         self._by_shape: dict[tuple, str] = {}  # the same choices by a tuple key: a cheaper look-up per call
+        self._traced: dict[tuple, str] = {}  # by shape alone, for torch.compile (which cannot read the thread count)
         self.load(choices or {})
 
     def load(self, choices: Mapping[str, str]) -> None:
@@ -266,6 +267,7 @@ class KernelTuner:
                                   "in this PyTorch build; resume on a build that has it")
         self.choices.update(choices)
         self._by_shape.clear()
+        self._traced.clear()
 
     @staticmethod
     def shape_key(kind: str, x: Tensor, weight: Tensor, bias: Tensor | None, grad: bool) -> str:
@@ -293,32 +295,33 @@ class KernelTuner:
 
     def kernel_for(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> str:
         """The ``KERNELS`` name ``linear`` uses for these operands (measuring if not yet chosen)."""
+        if x.dim() < 2 or x.numel() == 0 or weight.numel() == 0 or len(KERNELS) == 1:
+            return "torch"
+        n = x.numel() // x.size(-1)
+        if self.force is None and n * weight.numel() < self.min_macs:
+            return "torch"  # decided first: the cheapest test, and small products are where a call's cost shows
         eligible = (
             x.device.type == "cpu"
             and x.dtype == torch.float32
             and weight.dtype == torch.float32
-            and x.dim() >= 2
-            and x.numel() > 0
-            and weight.numel() > 0
             and not torch.is_autocast_enabled("cpu")
             and (torch.compiler.is_compiling() or not _in_transform())
         )
-        if not eligible or len(KERNELS) == 1:
+        if not eligible:
             return "torch"
         if self.force is not None:
             return self.force
-        n = x.numel() // x.size(-1)
-        if n * weight.numel() < self.min_macs:
-            return "torch"
         grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                             or (bias is not None and bias.requires_grad))
-        fast_key = (n, weight.shape, bias is not None, grad, torch.get_num_threads())  # float32 CPU, as checked
+        shape = (n, weight.size(0), weight.size(1), bias is not None, grad)  # float32 CPU, as checked
+        if torch.compiler.is_compiling():  # no timing (nor thread count) while tracing: the eager choice, else F.linear
+            return self._traced.get(shape, "torch")
+        fast_key = (*shape, torch.get_num_threads())
         name = self._by_shape.get(fast_key)
         if name is None:
             key = self.shape_key("linear", x, weight, bias, grad)
-            if torch.compiler.is_compiling():  # no timing while tracing: a choice made eagerly, else F.linear
-                return self.choices.get(key, "torch")
             name = self._by_shape[fast_key] = self.choose(key, lambda: _linear_candidates(x, weight, bias, grad))
+            self._traced[shape] = name
         return name
 
     def _read_disk(self) -> dict[str, str]:
