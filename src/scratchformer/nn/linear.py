@@ -398,13 +398,15 @@ def fast_linears(model: nn.Module, tuner: KernelTuner | None = None) -> KernelTu
 
 def linear_kernels(model: nn.Module, backend: str = "auto") -> KernelTuner | None:
     """Apply ``train.linear_backend`` to a built model: "auto" measures (``fast_linears`` with a
-    tuner of its own, whose choices the run records), "onednn" forces oneDNN, "torch" leaves
-    the model's ``nn.Linear`` as it is (returns None)."""
+    tuner of its own, whose choices the run records; it starts from ``$SCRATCHFORMER_KERNEL_CACHE``
+    when that names a file), "onednn" forces oneDNN, "torch" leaves the model's ``nn.Linear`` as
+    it is (returns None)."""
     if backend not in BACKENDS:
         raise unknown_name("linear backend", backend, BACKENDS)
     if backend == "torch":
         return None
-    return fast_linears(model, KernelTuner(force=None if backend == "auto" else backend))
+    tuner = KernelTuner(force=None if backend == "auto" else backend, path=os.environ.get(CACHE_ENV) or None)
+    return fast_linears(model, tuner)
 
 
 __all__ = [
