@@ -697,6 +697,15 @@ def test_decode_step_refuses_what_it_cannot_reproduce():
     assert "hooks" in DecodeStep.supports(hooked)  # the step would skip the hook
     assert "cache" in DecodeStep.supports(gpt("sinusoidal_xl"))
     assert "not a GPT" in DecodeStep.supports(encdec())
+
+    class Sub(GPT):  # a forward of its own: the step would not run it
+        def forward(self, *args, **kwargs):
+            return super().forward(*args, **kwargs) * 2
+
+    sub = Sub(gpt().config)
+    assert "not a GPT with GPT's forward" in DecodeStep.supports(sub)
+    assert torch.equal(generate(sub, prompt(), max_new_tokens=4),
+                       generate(sub, prompt(), max_new_tokens=4, use_cache=False))
     with pytest.raises(ValueError, match="force"):
         DecodeStep(gpt(), force="mkl")
 
