@@ -9,32 +9,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from scratchformer.cli import main
 from scratchformer.errors import DataError
+from scratchformer.models import GPT
 from scratchformer.train.config import DEFAULT_RUN, apply_overrides, parse_value
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's --help and usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("command", ["train", "eval", "generate"])
-def test_each_subcommand_has_help_with_examples(capsys, command):
-    code, out, _ = run(capsys, command, "--help")
+def test_each_subcommand_has_help_with_examples(capsys, command, cli):
+    code, out, _ = cli(command, "--help")
     assert code == 0
     assert f"scratchformer {command}" in out and "examples:" in out
 
 
-def test_top_level_help_lists_the_subcommands(capsys):
-    code, out, _ = run(capsys, "--help")
+def test_top_level_help_lists_the_subcommands(capsys, cli):
+    code, out, _ = cli("--help")
     assert code == 0
     for command in ("train", "eval", "generate"):
         assert command in out
@@ -57,8 +49,8 @@ def test_python_dash_m_entry_point():
         ("sed=3", "seed"),
     ],
 )
-def test_unknown_key_is_one_line_with_did_you_mean(capsys, override, suggestion):
-    code, out, err = run(capsys, "train", override)
+def test_unknown_key_is_one_line_with_did_you_mean(capsys, override, suggestion, cli):
+    code, out, err = cli("train", override)
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "unknown config key" in err
@@ -80,14 +72,14 @@ def test_unknown_key_is_one_line_with_did_you_mean(capsys, override, suggestion)
         ["train", "--no-such-flag"],
     ],
 )
-def test_bad_input_exits_2_with_one_line(capsys, argv):
-    code, _, err = run(capsys, *argv)
+def test_bad_input_exits_2_with_one_line(capsys, argv, cli):
+    code, _, err = cli(*argv)
     assert code == 2
     assert err.strip() and err.count("\n") == 1 and "Traceback" not in err, err
 
 
-def test_eval_on_a_directory_that_is_not_a_run(capsys, tmp_path):
-    code, _, err = run(capsys, "eval", str(tmp_path))
+def test_eval_on_a_directory_that_is_not_a_cli(tmp_path, cli):
+    code, _, err = cli("eval", str(tmp_path))
     assert code == 2 and "not a scratchformer run directory" in err
 
 
@@ -106,25 +98,25 @@ def test_overrides_parse_json_literals_else_strings():
     assert switched["task"] == {"name": "difference_sign", "train_lengths": "3..5"}  # old task's options dropped
 
 
-def test_config_file_then_overrides(capsys, tmp_path):
+def test_config_file_then_overrides(capsys, tmp_path, cli):
     toml = tmp_path / "exp.toml"
     toml.write_text('seed = 3\n[model]\nn_layer = 3\n[train]\nsteps = 77\nlr = 0.01\n')
-    code, out, _ = run(capsys, "train", str(toml), "train.steps=88", "--print-config")
+    code, out, _ = cli("train", str(toml), "train.steps=88", "--print-config")
     assert code == 0
     cfg = json.loads(out)
     assert cfg["seed"] == 3 and cfg["model"]["n_layer"] == 3 and cfg["model"]["arch"] == "gpt"
     assert cfg["train"]["steps"] == 88 and cfg["train"]["lr"] == 0.01
     bad = tmp_path / "bad.json"
     bad.write_text('{"train": {"stepz": 3}}')
-    code, _, err = run(capsys, "train", str(bad))
+    code, _, err = cli("train", str(bad))
     assert code == 2 and "stepz" in err and "did you mean 'steps'" in err
 
 
-def test_shipped_configs_are_valid(capsys):
+def test_shipped_configs_are_valid(capsys, cli):
     configs = sorted((REPO / "configs").glob("*.toml")) + sorted((REPO / "configs").glob("*.json"))
     assert configs
     for path in configs:
-        code, out, err = run(capsys, "train", str(path), "--print-config")
+        code, out, err = cli("train", str(path), "--print-config")
         assert code == 0, (path, err)
 
 
@@ -156,39 +148,39 @@ def test_arithmetic_prompt_formatting_and_answer_presentation_are_task_methods()
     assert minus.present_answer("03-12=", "-90").text == "-9"
 
 
-def test_train_eval_generate_on_a_tiny_run(capsys, tmp_path):
-    code, out, err = run(capsys, "train", "model.d_model=32", "model.n_head=2", "model.n_layer=1",
+def test_train_eval_generate_on_a_tiny_cli(tmp_path, cli):
+    code, out, err = cli("train", "model.d_model=32", "model.n_head=2", "model.n_layer=1",
                          "task.num_examples=2000", "train.steps=8", "train.batch_size=16", "train.eval_every=0",
                          "train.checkpoint_every=0", "train.progress=false", "train.threads=1", f"train.out_dir={tmp_path}",
                          "name=tiny")
     assert code == 0, err
     run_dir = tmp_path / "tiny"
     assert "exact_match" in out and f"run directory: {run_dir}" in out
-    code, out, err = run(capsys, "eval", str(run_dir), "--max-examples", "50")
+    code, out, err = cli("eval", str(run_dir), "--max-examples", "50")
     assert code == 0, err
     assert "test" in out and "exact" in out
     pytest.importorskip("scratchformer.generate")
-    code, out, err = run(capsys, "generate", str(run_dir), "123+456=")
+    code, out, err = cli("generate", str(run_dir), "123+456=")
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].startswith("123+456=") and "reversed" in lines[1]
-    code, out, err = run(capsys, "generate", str(run_dir), "123+456=", "--raw")
+    code, out, err = cli("generate", str(run_dir), "123+456=", "--raw")
     assert code == 0 and len(out.strip().splitlines()) == 1
 
 
-def test_tensorboard_flag_without_the_package_is_a_clear_error(capsys, tmp_path):
+def test_tensorboard_flag_without_the_package_is_a_clear_error(capsys, tmp_path, cli):
     try:
         import tensorboard  # noqa: F401
 
         pytest.skip("tensorboard is installed")
     except ImportError:
         pass
-    code, _, err = run(capsys, "train", "train.log_tensorboard=true", f"train.out_dir={tmp_path}")
+    code, _, err = cli("train", "train.log_tensorboard=true", f"train.out_dir={tmp_path}")
     assert code == 2 and "tensorboard" in err and "pip install" in err and err.count("\n") == 1
 
 
-def test_non_finite_loss_exits_1_naming_the_step(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "model.d_model=32", "model.n_head=2", "model.n_layer=1",
+def test_non_finite_loss_exits_1_naming_the_step(capsys, tmp_path, cli):
+    code, _, err = cli("train", "model.d_model=32", "model.n_head=2", "model.n_layer=1",
                        "task.num_examples=1000", "train.steps=20", "train.batch_size=8", "train.optimizer=sgd",
                        "train.lr=1e30", "train.grad_clip=0", "train.schedule=constant", "train.progress=false",
                        "train.threads=1", f"train.out_dir={tmp_path}")
@@ -234,9 +226,67 @@ def test_run_config_holds_typed_model_and_task_configs():
     ("seed=-1", "seed=-1 must be an integer in [0, 2**63)"),
     ("name=..", "name='..' cannot name a run directory"), ("name=a/b", "name='a/b' cannot name a run directory"),
 ])
-def test_print_config_parses_each_value_by_its_type(capsys, override, message):
-    code, out, err = run(capsys, "train", override, "--print-config")
+def test_print_config_parses_each_value_by_its_type(capsys, override, message, cli):
+    code, out, err = cli("train", override, "--print-config")
     if message is None:
         assert code == 0 and json.loads(out)["model"]["norm_first"] is False
     else:
         assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------------- generate: every flag reaches generate(), foreign symbols, streaming
+def _captured_generate_kwargs(monkeypatch, capsys, run_dir, *flags):
+    from scratchformer.cli import main
+
+    calls = []
+    real = GPT.generate
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "generate", spy)
+    code = main(["generate", str(run_dir), "12+34=", *flags])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert len(calls) == 1
+    return calls[0], out
+
+
+def test_generate_command_passes_beam_flags(monkeypatch, capsys, tiny_run):
+    kw, out = _captured_generate_kwargs(
+        monkeypatch, capsys, tiny_run, "--num-beams", "3", "--num-return-sequences", "2", "--length-penalty", "0.5",
+        "--early-stopping", "never", "--no-cache", "--max-new-tokens", "3", "--raw",
+    )  # fmt: skip
+    assert kw["num_beams"] == 3 and kw["num_return_sequences"] == 2 and kw["length_penalty"] == 0.5
+    assert kw["early_stopping"] == "never" and kw["use_cache"] is False and kw["max_new_tokens"] == 3
+    assert kw["do_sample"] is False
+    assert len(out.strip().splitlines()) == 2  # one line per returned sequence
+
+
+def test_generate_command_passes_sampling_flags(monkeypatch, capsys, tiny_run):
+    kw, _ = _captured_generate_kwargs(
+        monkeypatch, capsys, tiny_run, "--do-sample", "--temperature", "0.7", "--top-k", "3", "--top-p", "0.9",
+        "--repetition-penalty", "1.3", "--no-repeat-ngram-size", "2", "--seed", "4", "--max-new-tokens", "2",
+    )  # fmt: skip
+    assert kw["do_sample"] is True and kw["temperature"] == 0.7 and kw["top_k"] == 3 and kw["top_p"] == 0.9
+    assert kw["repetition_penalty"] == 1.3 and kw["no_repeat_ngram_size"] == 2 and kw["max_new_tokens"] == 2
+    assert isinstance(kw["generator"], torch.Generator) and kw["generator"].initial_seed() == 4
+    assert kw["eos_token_id"] is not None and kw["pad_token_id"] is not None
+
+
+def test_generate_refuses_a_prompt_outside_the_vocabulary(capsys, tiny_run):
+    from scratchformer.cli import main
+
+    assert main(["generate", str(tiny_run), "ab+c="]) == 2
+    err = capsys.readouterr().err
+    assert "outside the run's vocabulary" in err and "'ab+c='" in err
+
+
+def test_stream_of_a_reversed_answer_run_also_prints_it_unreversed(capsys, tiny_run):
+    from scratchformer.cli import main
+
+    assert main(["generate", str(tiny_run), "12+34=", "--stream"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    streamed = out[0].split("=", 1)[1]  # the digits as the model wrote them, least significant first
+    assert out[1].endswith(f"un-reversed: {streamed[::-1].lstrip('0') or '0'})")

@@ -30,7 +30,10 @@ from scratchformer.evaluate import (
     token_accuracy_all_positions,
     top_at_n_accuracy,
 )
+from scratchformer.models import EncoderDecoder
 from scratchformer.tasks import build_task
+from scratchformer.train import build_optimizer, evaluate_split, resolve_config, train
+from scratchformer.train.run import build_model
 from scratchformer.viz.lengths import plot_accuracy_by_length
 
 torch.set_num_threads(2)
@@ -258,3 +261,77 @@ def test_evaluate_run_writes_eval_json_and_plot(tmp_path):
     assert {"loss", "token_accuracy"} <= set(written["metrics"])
     assert (second / "plots" / "accuracy_by_length.png").read_bytes().startswith(PNG)
     assert result["plot"] == "plots/accuracy_by_length.png"
+
+
+# ---------------------------------------------------------------- split evaluation: the loss each task kind defines, one prediction at a time
+# (mutations that survived the other files: labels -100 clamped to 0 in lm_loss; seq2seq logits
+#  shifted by one; MSE replaced by L1)
+def test_lm_eval_loss_is_next_token_cross_entropy_over_answer_tokens_only():
+    task = build_task("addition_gpt", max_digits=2, min_digits=1, num_examples=200)
+    torch.manual_seed(0)
+    model, _ = build_model({"arch": "gpt", "d_model": 32, "n_head": 2, "n_layer": 1, "init_std": 0.2}, task)
+    model.eval()
+    ds = task.dataset("test")
+    n = 20
+    nll, count, correct = 0.0, 0, 0
+    with torch.no_grad():
+        for i in range(n):
+            ids = torch.as_tensor(ds[i]["input_ids"])[None]  # (1, T), one unpadded example
+            labels = torch.as_tensor(ds[i]["labels"])
+            for t in torch.nonzero(labels != -100).flatten().tolist():  # answer digits and <EOS>
+                logits = model(ids[:, :t])[0, -1]  # p(x_t | x_<t)
+                nll += float(F.cross_entropy(logits[None], ids[0, t : t + 1]))
+                correct += int(logits.argmax() == ids[0, t])
+                count += 1
+    metrics = evaluate_split(model, task, "test", batch_size=7, max_examples=n)
+    assert count > n  # several answer tokens per problem, prompt tokens never scored
+    assert metrics["loss"] == pytest.approx(nll / count, rel=1e-5)
+    assert metrics["token_accuracy"] == pytest.approx(correct / count)
+    assert metrics["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_seq2seq_eval_loss_is_target_cross_entropy_given_the_target_prefix():
+    task = build_task("addition_seq2seq", train_lengths="3..4", test_lengths="3..5", train_examples_per_length=20,
+                      test_examples_per_length=4)  # fmt: skip
+    torch.manual_seed(0)
+    model, _ = build_model({"arch": "encoder_decoder", "d_model": 32, "n_head": 2, "n_layer": 1, "init_std": 0.2}, task)
+    assert isinstance(model, EncoderDecoder)
+    model.eval()
+    ds = task.dataset("test")
+    start = model.config.start_token_id
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(len(ds)):
+            src = torch.as_tensor(ds[i]["encoder_input_ids"])[None]
+            labels = [int(x) for x in ds[i]["labels"] if x != -100]
+            for t, target in enumerate(labels):  # p(y_t | source, start, y_<t)
+                dec = torch.tensor([[start, *labels[:t]]])
+                logits = model(src, dec)[0, -1]
+                nll += float(F.cross_entropy(logits[None], torch.tensor([target])))
+                count += 1
+    metrics = evaluate_split(model, task, "test", batch_size=5)
+    assert metrics["loss"] == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_regression_eval_loss_is_the_mse_and_sgd_training_lowers_it(tmp_path, read_metrics):
+    task = build_task("regression", num_examples=400, dim=4)
+    torch.manual_seed(0)
+    model, _ = build_model({"arch": "mlp"}, task)
+    ds = task.dataset("test")
+    batch = task.collate([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        expected = float(((model(batch["inputs"]).squeeze(-1) - batch["targets"]) ** 2).mean())
+    assert evaluate_split(model, task, "test", batch_size=17)["loss"] == pytest.approx(expected, rel=1e-5)
+
+    opt = build_optimizer("sgd", model, lr=0.1, weight_decay=0.0)
+    assert type(opt) is torch.optim.SGD
+
+    result = train(resolve_config(None, [
+        "model.arch=mlp", "task.name=regression", "task.dim=4", "task.num_examples=2000", "train.optimizer=sgd",
+        "train.lr=0.02", "train.schedule=constant", "train.steps=120", "train.batch_size=32", "train.eval_every=0",
+        "train.checkpoint_every=0", "train.progress=false", "train.log_every=1", "train.threads=1",
+        f"train.out_dir={tmp_path}", "name=reg",
+    ]))  # fmt: skip
+    losses = [r["loss"] for r in read_metrics(result.run_dir) if r["event"] == "train"]
+    assert sum(losses[-10:]) < 0.3 * sum(losses[:10])
+    assert result.metrics["test"]["loss"] < 0.3 * losses[0]

@@ -11,20 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from scratchformer.cli import main
 from scratchformer.experiments import builtin_files, load_experiment
 from scratchformer.train.checkpoint import load_checkpoint  # noqa: F401  (the trainer's resume reads these)
 
 BUILTIN = sorted(builtin_files())
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _numbers(obj):
@@ -40,10 +30,10 @@ def _numbers(obj):
 
 
 @pytest.mark.parametrize("name", BUILTIN)
-def test_quick_version_writes_a_report_with_finite_figures(capsys, tmp_path, name):
+def test_quick_version_writes_a_report_with_finite_figures(capsys, tmp_path, name, cli):
     out = tmp_path / name
     start = time.perf_counter()
-    code, stdout, err = run(capsys, "experiment", name, "--quick", "--out", str(out))
+    code, stdout, err = cli("experiment", name, "--quick", "--out", str(out))
     elapsed = time.perf_counter() - start
     assert code == 0, err
     assert (out / "report.md").is_file() and "report.md" in stdout
@@ -63,8 +53,8 @@ def test_quick_version_writes_a_report_with_finite_figures(capsys, tmp_path, nam
     assert elapsed < 60, f"--quick of {name} took {elapsed:.0f} s; keep it near 30 s"
 
 
-def test_list_names_every_builtin_with_a_time(capsys):
-    code, out, _ = run(capsys, "experiment", "--list")
+def test_list_names_every_builtin_with_a_time(capsys, cli):
+    code, out, _ = cli("experiment", "--list")
     assert code == 0
     for name in BUILTIN:
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
@@ -113,10 +103,10 @@ def _write(tmp_path: Path, text: str, name: str = "tiny.toml") -> Path:
     return path
 
 
-def test_user_file_runs_every_variant_and_seed_with_median_and_range(capsys, tmp_path):
+def test_user_file_runs_every_variant_and_seed_with_median_and_range(capsys, tmp_path, cli):
     path = _write(tmp_path, TINY)
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "experiment", str(path), "--out", str(out), "train.lr=2e-3")
+    code, stdout, err = cli("experiment", str(path), "--out", str(out), "train.lr=2e-3")
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     assert list(results["variants"]) == ["small", "wider"] and results["seeds"] == [0, 1]
@@ -133,10 +123,10 @@ def test_user_file_runs_every_variant_and_seed_with_median_and_range(capsys, tmp
     assert "[4/4]" in err  # which run is going, of how many
 
 
-def test_interrupted_experiment_resumes_keeping_finished_runs(capsys, tmp_path):
+def test_interrupted_experiment_resumes_keeping_finished_runs(capsys, tmp_path, cli):
     path = _write(tmp_path, TINY)
     out = tmp_path / "out"
-    assert run(capsys, "experiment", str(path), "--out", str(out))[0] == 0
+    assert cli("experiment", str(path), "--out", str(out))[0] == 0
     done = out / "runs" / "small" / "seed0"
     half = out / "runs" / "wider" / "seed1"
     done_mtime = (done / "model.safetensors").stat().st_mtime_ns
@@ -148,7 +138,7 @@ def test_interrupted_experiment_resumes_keeping_finished_runs(capsys, tmp_path):
     (half / "results.json").unlink()
     shutil.rmtree(half / "checkpoints" / "step_00000020")
     (half / "model.safetensors").unlink()
-    code, _, err = run(capsys, "experiment", str(path), "--out", str(out))
+    code, _, err = cli("experiment", str(path), "--out", str(out))
     assert code == 0, err
     assert "[1/1] resuming wider seed 1" in err
     assert (done / "model.safetensors").stat().st_mtime_ns == done_mtime  # kept, not retrained
@@ -156,11 +146,11 @@ def test_interrupted_experiment_resumes_keeping_finished_runs(capsys, tmp_path):
     assert json.loads((out / "results.json").read_text())["variants"]["wider"]["runs"]["1"]["metrics"]
 
 
-def test_changed_settings_do_not_mix_with_old_runs(capsys, tmp_path):
+def test_changed_settings_do_not_mix_with_old_runs(capsys, tmp_path, cli):
     path = _write(tmp_path, TINY)
     out = tmp_path / "out"
-    assert run(capsys, "experiment", str(path), "--out", str(out), "--quick")[0] == 0
-    code, _, err = run(capsys, "experiment", str(path), "--out", str(out), "--quick", "train.lr=0.01")
+    assert cli("experiment", str(path), "--out", str(out), "--quick")[0] == 0
+    code, _, err = cli("experiment", str(path), "--out", str(out), "--quick", "train.lr=0.01")
     assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1
 
 
@@ -177,9 +167,9 @@ def test_changed_settings_do_not_mix_with_old_runs(capsys, tmp_path):
         ([], "name an experiment"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_before_any_work(capsys, tmp_path, argv, expected, monkeypatch):
+def test_bad_input_is_one_line_exit_2_before_any_work(capsys, tmp_path, argv, expected, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, "experiment", *argv)
+    code, _, err = cli("experiment", *argv)
     assert code == 2
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
@@ -198,14 +188,14 @@ def test_bad_input_is_one_line_exit_2_before_any_work(capsys, tmp_path, argv, ex
         (lambda t: t + "\n[oops\n", "not valid TOML"),
     ],
 )
-def test_bad_experiment_file_is_one_line_exit_2(capsys, tmp_path, edit, expected):
+def test_bad_experiment_file_is_one_line_exit_2(capsys, tmp_path, edit, expected, cli):
     path = _write(tmp_path, edit(TINY))
-    code, _, err = run(capsys, "experiment", str(path), "--out", str(tmp_path / "out"))
+    code, _, err = cli("experiment", str(path), "--out", str(tmp_path / "out"))
     assert code == 2, err
     assert expected in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
-def test_help_has_examples(capsys):
-    code, out, _ = run(capsys, "experiment", "--help")
+def test_help_has_examples(capsys, cli):
+    code, out, _ = cli("experiment", "--help")
     assert code == 0 and "examples:" in out and "--quick" in out and "resume" in out

@@ -28,11 +28,12 @@ from scratchformer.generate import (
 )
 from scratchformer.models import GPT, EncoderDecoder, EncoderDecoderConfig, GPTConfig
 from scratchformer.models.fast_decode import DecodeStep
+from scratchformer.nn import ACTIVATIONS, POSITIONAL
 from scratchformer.nn.linear import fast_linears, KernelTuner, onednn_available
 
 torch.set_num_threads(2)
 
-CACHEABLE = ["learned", "sinusoidal", "rope", "alibi", "none"]
+CACHEABLE = sorted(name for name, scheme in POSITIONAL.items() if scheme.supports_cache)  # from the registry
 V = 23
 
 
@@ -258,7 +259,7 @@ def test_rows_stop_at_eos_and_are_padded_after():
         assert out.size(1) == 3 + max(r.tolist().index(eos) + 1 for r in free)
 
 
-@pytest.mark.parametrize("positional", ["learned", "rope", "alibi", "sinusoidal"])
+@pytest.mark.parametrize("positional", CACHEABLE)
 def test_left_padded_batch_equals_each_row_alone(positional):
     model = gpt(positional)
     rows = [prompt(1, n, seed=n)[0] for n in (3, 6, 4)]
@@ -544,7 +545,7 @@ def _step_vs_forward(model: GPT, ids: torch.Tensor, mask: torch.Tensor | None, s
 
 @pytest.mark.parametrize("positional", CACHEABLE)
 @pytest.mark.parametrize("norm_first", [True, False])
-@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swiglu"])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_decode_step_equals_forward_with_cache(positional, norm_first, activation):
     model = gpt(positional, norm_first=norm_first, activation=activation)
     _step_vs_forward(model, prompt(2, 5), None)
@@ -910,3 +911,20 @@ def test_the_step_owns_its_weight_copies_and_generate_sees_every_weight_change()
     assert copy() is None  # the copies went with their step
     assert steps and all(s() is None for s in steps)  # and generate kept none of its steps
     assert not _global_optimizer_post_hooks
+
+
+# ---------------------------------------------------------------------- an encoder-decoder's bad inputs name the argument
+def test_encoder_decoder_bad_inputs_name_the_argument():
+    torch.manual_seed(0)
+    model = EncoderDecoder(EncoderDecoderConfig(src_vocab_size=11, tgt_vocab_size=13, d_model=16, n_head=2, n_layer=1,
+                                                max_len=12)).eval()  # fmt: skip
+    with pytest.raises(DataError, match=r"encoder_input_ids.*token id 11"):
+        generate(model, encoder_input_ids=torch.tensor([[1, 11]]))
+    with pytest.raises(DataError, match=r"encoder_input_ids.*max_len=12"):
+        generate(model, encoder_input_ids=torch.ones(1, 13, dtype=torch.long))
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        generate(model, encoder_input_ids=torch.ones(1, 3, dtype=torch.long), max_new_tokens=12)
+    for bad, name in [(dict(top_p=-0.5, do_sample=True), "top_p"), (dict(num_beams=1.5), "num_beams"),
+                      (dict(max_new_tokens=-3), "max_new_tokens")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=name):
+            generate(model, encoder_input_ids=torch.ones(1, 3, dtype=torch.long), **bad)

@@ -22,12 +22,13 @@ from scratchformer.models import (
     MLPConfig,
     shift_right,
 )
-from scratchformer.nn import LayerNorm, RMSNorm, TutorialLayerNorm
+from scratchformer.nn import POSITIONAL, LayerNorm, RMSNorm, TutorialLayerNorm, causal_multi_head_attention
 
 torch.set_num_threads(2)
 
-POSITIONALS = ["none", "learned", "sinusoidal", "sinusoidal_xl", "rope", "alibi"]
-CACHEABLE = ["learned", "sinusoidal", "rope", "alibi"]
+POSITIONALS = sorted(POSITIONAL)  # every scheme: a new one is tested by registering it
+CACHEABLE = sorted(name for name, scheme in POSITIONAL.items() if scheme.supports_cache)
+"""The schemes whose encoding of a position does not depend on the sequence length."""
 V = 13
 
 
@@ -98,7 +99,7 @@ def test_future_tokens_never_change_the_past(arch, impl, positional):
     assert ((out[:, 1:] - base[:, 1:]).abs().amax(dim=-1) > 1e-6).all()
 
 
-@pytest.mark.parametrize("positional", ["learned", "rope", "alibi"])
+@pytest.mark.parametrize("positional", POSITIONALS)
 @pytest.mark.parametrize("impl", ["fused", "reference"])
 @pytest.mark.parametrize("arch", ["gpt", "encdec"])
 def test_gradient_of_output_wrt_future_embeddings_is_exactly_zero(arch, impl, positional):
@@ -142,7 +143,7 @@ def test_classifier_ignores_appended_padding(pooling, impl):
     torch.testing.assert_close(model(padded, mask2)[1], model(x[1:, :3])[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rope", "alibi", "none"])
+@pytest.mark.parametrize("positional", CACHEABLE)
 @torch.no_grad()
 def test_gpt_right_padding_changes_no_real_position(positional):
     model = build(GPT, GPTConfig, positional=positional)
@@ -501,3 +502,71 @@ def test_alibi_reference_attention_runs_in_bfloat16():
         a, b = ref(ids), fused(ids)
     assert a.dtype == torch.bfloat16
     assert (a.float() - b.float()).abs().max() <= 0.05 * b.float().abs().max()
+
+
+# --------------------------------------------------------------------------- config switches reach every architecture: norm by name, the bottom rung, tying, scaling
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_tutorial_layernorm_is_selectable_by_config_name(norm_first):
+    model = GPT(GPTConfig(vocab_size=11, d_model=8, n_head=2, n_layer=2, max_len=8,
+                          norm="layernorm_tutorial", norm_first=norm_first))
+    norms = [m for m in model.modules() if isinstance(m, (LayerNorm, TutorialLayerNorm, RMSNorm, nn.LayerNorm))]
+    # 2 sublayers per block (+ the final norm of a pre-norm stack)
+    assert len(norms) == 2 * 2 + (1 if norm_first else 0)
+    assert all(type(m) is TutorialLayerNorm for m in norms)
+
+
+@torch.no_grad()
+def test_attention_only_rung_is_embeddings_attention_and_head():
+    """The bottom of the ablation ladder: no MLP, no positions, no norm, no residual."""
+    C, H, V = 8, 2, 11
+    cfg = GPTConfig(vocab_size=V, d_model=C, n_head=H, n_layer=1, max_len=8, bias=False, tie_embeddings=False,
+                    use_mlp=False, positional="none", norm="none", use_residual=False, init_std=0.3)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    names = {n for n, _ in model.named_parameters()}
+    assert names == {"embed.tok.weight", "decoder.blocks.0.attn.in_proj.weight",
+                     "decoder.blocks.0.attn.out_proj.weight", "lm_head.weight"}
+    # logits = causal_mha(E[ids]) @ W_head^T, with the tutorial's (d_in, d_out) matrices
+    ids = torch.tensor([[1, 4, 2, 9, 3]])
+    W_in = model.decoder.blocks[0].attn.in_proj.weight  # (3C, C)
+    W_Q, W_K, W_V = (W_in[i * C : (i + 1) * C].T for i in range(3))
+    W_O = model.decoder.blocks[0].attn.out_proj.weight.T
+    x = model.embed.tok.weight[ids]
+    expect = causal_multi_head_attention(x, W_Q, W_K, W_V, W_O, num_heads=H) @ model.lm_head.weight.T
+    torch.testing.assert_close(model(ids), expect, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_encoder_decoder_tied_output_projection_is_the_target_embedding():
+    V, C = 9, 8
+    kw = dict(src_vocab_size=13, tgt_vocab_size=V, d_model=C, n_head=2, n_layer=1, max_len=8, init_std=0.3)
+    torch.manual_seed(0)
+    tied = EncoderDecoder(EncoderDecoderConfig(**kw, tie_embeddings=True)).eval()
+    untied = EncoderDecoder(EncoderDecoderConfig(**kw, tie_embeddings=False)).eval()
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(untied) - n(tied) == V * C  # no separate head when tied
+    seen = {}
+    handle = tied.decoder.register_forward_hook(lambda mod, inp, out: seen.__setitem__("h", out[0]))
+    src, dec_in = torch.tensor([[3, 12, 5]]), torch.tensor([[V, 1, 2]])  # V = the dedicated start id
+    try:
+        logits = tied(src, decoder_input_ids=dec_in)
+    finally:
+        handle.remove()
+    # the start token's row exists only as an input, never as a prediction
+    assert tied.tgt_embed.tok.num_embeddings == V + 1 and logits.shape == (1, 3, V)
+    torch.testing.assert_close(logits, seen["h"] @ tied.tgt_embed.tok.weight[:V].T, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [EncoderClassifier, EncoderDecoder])
+@torch.no_grad()
+def test_scale_embeddings_applies_to_every_architecture(cls):
+    kw = dict(d_model=16, n_head=2, n_layer=1, max_len=8, positional="none", scale_embeddings=True)
+    if cls is EncoderDecoder:
+        model = cls(EncoderDecoderConfig(src_vocab_size=7, tgt_vocab_size=7, **kw))
+        embedders = [model.src_embed, model.tgt_embed]
+    else:
+        model = cls(EncoderClassifierConfig(vocab_size=7, **kw))
+        embedders = [model.embed]
+    ids = torch.tensor([[1, 2, 6]])
+    for e in embedders:
+        torch.testing.assert_close(e(ids), e.tok.weight[ids] * 4.0)  # sqrt(16)

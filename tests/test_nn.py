@@ -13,7 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchformer.errors import ConfigError
+from scratchformer.models import GPTConfig, TransformerConfig
 from scratchformer.nn import (
+    ACTIVATIONS,
+    NORMS,
+    POSITIONAL,
     Block,
     BlockSpec,
     FeedForward,
@@ -460,7 +464,7 @@ def linear(x, layer):
     return x @ layer.weight.T + layer.bias
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swiglu"])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_feedforward_formula(activation):
     torch.manual_seed(4)
     ff = FeedForward(8, 20, activation).eval()
@@ -555,14 +559,20 @@ def test_gradcheck_multihead_attention(impl):
     assert torch.autograd.gradcheck(lambda x, c: mha(x, context=c)[0], (x, ctx))
 
 
-@pytest.mark.parametrize("cls", [LayerNorm, TutorialLayerNorm, RMSNorm])
-def test_gradcheck_norms(cls):
-    n = cls(5).double()
+@pytest.mark.parametrize("name", sorted(NORMS))
+def test_gradcheck_norms(name):
+    n = build_norm(name, 5).double()
+    params = dict(n.named_parameters())  # weight (and bias) where the norm has them
     with torch.no_grad():
-        n.weight.copy_(rand(5, seed=80, dtype=torch.float64))
+        for i, p in enumerate(params.values()):
+            p.copy_(rand(5, seed=80 + 2 * i, dtype=torch.float64))
     x = rand(2, 5, seed=81, dtype=torch.float64).requires_grad_()
-    w = n.weight
-    assert torch.autograd.gradcheck(lambda x, w: torch.func.functional_call(n, {"weight": w}, (x,)), (x, w))
+    names = list(params)
+
+    def f(x, *values):
+        return torch.func.functional_call(n, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params.values()))
 
 
 def test_gradcheck_written_out_layer_norm():
@@ -570,3 +580,50 @@ def test_gradcheck_written_out_layer_norm():
     w = rand(5, seed=83, dtype=torch.float64).requires_grad_()
     b = rand(5, seed=84, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda x, w, b: layer_norm_formula(x, w, b, 1e-5), (x, w, b))
+
+
+# --------------------------------------------------------------------------- the tutorial's LayerNorm and the Transformer-XL table, by their formulas
+def test_positional_registry_holds_the_six_named_schemes_and_fused_is_default():
+    # (a subset: tests of every scheme are parametrised from POSITIONAL, so a new one is tested by registering it)
+    assert {"learned", "sinusoidal", "sinusoidal_xl", "rope", "alibi", "none"} <= set(POSITIONAL)
+    assert TransformerConfig().attn_impl == "fused"
+    assert GPTConfig().attn_impl == "fused"
+    assert MultiHeadAttention(8, 2).impl == "fused"
+
+
+def test_tutorial_layernorm_adds_eps_outside_the_square_root():
+    # with a large eps the two placements differ by far more than any tolerance
+    C, eps = 6, 0.5
+    x = rand(3, C, seed=1) * 0.3
+    ln = TutorialLayerNorm(C, eps=eps)
+    xd = x.double()
+    mean = xd.mean(-1, keepdim=True)
+    std_unbiased = (((xd - mean) ** 2).sum(-1, keepdim=True) / (C - 1)).sqrt()
+    outside = (xd - mean) / (std_unbiased + eps)
+    inside = (xd - mean) / torch.sqrt(std_unbiased**2 + eps)
+    assert (outside - inside).abs().max() > 1e-2
+    torch.testing.assert_close(ln(x).double(), outside, atol=1e-6, rtol=1e-6)
+
+
+def xl_table_timescales(L, C, max_timescale, min_timescale):
+    """DeepMind's chomsky-hierarchy table, causal, no memory, re-derived with loops."""
+    freqs = [f * min_timescale for f in range(math.ceil(C / min_timescale))]
+    rows = []
+    for p in range(L, 0, -1):
+        angles = [p * max_timescale ** (-f / C) for f in freqs]
+        rows.append([math.sin(a) for a in angles] + [math.cos(a) for a in angles])
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("max_timescale,min_timescale", [(100.0, 2.0), (1e4, 4.0), (50.0, 3.0)])
+def test_sinusoidal_xl_honours_max_and_min_timescale(max_timescale, min_timescale):
+    L, C = 5, 12
+    got = sinusoid_position_encoding(L, C, max_timescale=max_timescale, min_timescale=min_timescale, causal=True)
+    np.testing.assert_allclose(got, xl_table_timescales(L, C, max_timescale, min_timescale), atol=1e-12)
+
+
+def test_sinusoidal_xl_module_passes_max_timescale_through():
+    pe = build_positional("sinusoidal_xl", d_model=6, n_head=2, max_len=16, max_timescale=100.0)
+    x = torch.zeros(1, 4, 6)
+    expect = torch.from_numpy(xl_table_timescales(4, 6, 100.0, 2.0)).float()
+    torch.testing.assert_close(pe.embed(x, torch.arange(4))[0], expect)

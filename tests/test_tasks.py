@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from scratchformer.errors import ConfigError, DataError
 from scratchformer.tasks import (
+    GenerativeTask,
     IGNORE_INDEX,
     TASKS,
     build_task,
@@ -48,7 +50,8 @@ def decode(ids) -> str:
 
 # ====================================================================== registry
 def test_registry_has_every_task():
-    assert set(TASKS) == {
+    # (a subset: the tests below run over every registered task, so a new one is tested by registering it)
+    assert set(TASKS) >= {
         "difference_sign",
         "addition_seq2seq",
         "addition_gpt",
@@ -57,6 +60,37 @@ def test_registry_has_every_task():
         "text_classification",
         "regression",
     }
+
+
+KIND_KEYS = {
+    "lm": ("input_ids", "labels"),
+    "seq2seq": ("encoder_input_ids", "labels"),
+    "classification": ("input_ids", "labels"),
+    "regression": ("inputs", "targets"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_builds_its_splits_the_same_way_twice_and_collates_its_kinds_keys(name, tiny_task_options):
+    options = tiny_task_options(name)
+    task, again = build_task(name, **options), build_task(name, **options)
+    assert task.name == name and task.kind in KIND_KEYS and task.split_names
+    assert again.split_names == task.split_names
+    for split in task.split_names:
+        ds, ds_again = task.dataset(split), again.dataset(split)
+        assert len(ds) == len(ds_again) > 0, split
+        n = min(4, len(ds))
+        for i in range(n):  # the same seed gives the same examples
+            first, second = ds[i], ds_again[i]
+            assert first.keys() == second.keys()
+            assert all(np.array_equal(np.asarray(first[k]), np.asarray(second[k])) for k in first), (split, i)
+        batch = task.collate([ds[i] for i in range(n)])
+        for key in KIND_KEYS[task.kind]:
+            assert key in batch and batch[key].shape[0] == n, (split, key)
+    json.dumps(task.describe(), default=str)
+    if isinstance(task, GenerativeTask):  # its verifier accepts the stored answers
+        prompt = task.prompts(task.split_names[-1])[0]
+        assert task.check_answer(prompt.ids, prompt.answer)
 
 
 def test_unknown_task_and_option_suggest_the_right_name():
@@ -608,3 +642,160 @@ def test_gpt_verifier_agrees_with_independent_formatting(a, b, op, ro, ra):
     assert task.check_answer(prompt, answer + "<EOS>")
     wrong = answer[:-1] + str((int(answer[-1]) + 1) % 10)
     assert not task.check_answer(prompt, wrong + "<EOS>")
+
+
+# ---------------------------------------------------------------------- text data: token array dtype, splits of the file-based tasks; generation speed
+def test_token_array_dtype_follows_vocabulary_size(tmp_path):
+    from scratchformer.tasks.text import cached_token_array, token_dtype
+
+    # uint16 holds ids 0..65535, i.e. a vocabulary of up to 65536 tokens
+    assert token_dtype(256) == np.uint16
+    assert token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32
+    assert token_dtype(200_000) == np.uint32
+
+    class BigVocab:
+        """A stand-in tokenizer whose ids exceed uint16: char code + 65530."""
+
+        vocab_size = 70_000
+
+        def to_dict(self):
+            return {"type": "big-vocab-stub"}
+
+        def encode(self, text):
+            return [ord(c) + 65_530 for c in text]
+
+    text = "abc\nxyz\n"
+    tokens = cached_token_array(text, "hash-of-text", BigVocab(), str(tmp_path))
+    assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint32
+    assert tokens.tolist() == [ord(c) + 65_530 for c in text]
+
+
+def test_generating_100k_addition_examples_takes_seconds_not_minutes():
+    start = time.perf_counter()
+    task = build_task("addition_gpt", max_digits=3, num_examples=100_000, seed=0)
+    batch = next(iter(task.dataloader("train", batch_size=64)))
+    elapsed = time.perf_counter() - start
+    assert sum(len(task.dataset(s)) for s in task.split_names) == 100_000
+    assert batch["input_ids"].shape == (64, 1 + 3 + 1 + 3 + 1 + 4 + 1)
+    assert elapsed < 5.0, f"100k addition examples took {elapsed:.1f} s"
+
+
+def test_text_classification_eval_path_is_the_test_split(tmp_path):
+    train = tmp_path / "train.jsonl"
+    test = tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps({"text": f"good {i}", "label": "pos" if i % 2 else "neg"}) + "\n"
+                             for i in range(20)), encoding="utf-8")
+    test_rows = [("good 100", "pos"), ("good 101", "neg"), ("good 102", "pos")]
+    test.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in test_rows), encoding="utf-8")
+    task = build_task("text_classification", path=str(train), eval_path=str(test), split_fractions=(0.8, 0.1, 0.1))
+    assert task.split_names == ("train", "val", "test")
+    assert task.texts("test") == [t for t, _ in test_rows]  # the eval file, in order, untouched
+    assert len(task.texts("train")) + len(task.texts("val")) == 20
+    assert len(task.texts("val")) >= 1
+    rows = [task.dataset("test")[i] for i in range(3)]
+    assert [task.label_names[r["labels"]] for r in rows] == [y for _, y in test_rows]
+
+
+def test_text_lines_lm_wikitext_uses_train_validation_test(monkeypatch):
+    import scratchformer.tasks.text as text_mod
+
+    calls = []
+
+    def fake(name, split, cache_dir=None, data_files=None):
+        calls.append((name, split))
+        return ["", f" = {split} heading = \n", f" a {split} line . \n"]
+
+    monkeypatch.setattr(text_mod, "load_wikitext", fake)
+    task = build_task("text_lines_lm", wikitext="wikitext-103-raw-v1", max_length=64)
+    assert sorted(calls) == sorted(("wikitext-103-raw-v1", s) for s in ("train", "validation", "test"))
+    assert task.split_names == ("train", "val", "test")
+    assert task.texts("val") == [" = validation heading = ", " a validation line . "]  # blanks dropped
+
+
+# ---------------------------------------------------------------------- bad task input names the problem and the fix
+def test_bad_input_not_utf8_names_offset_and_fix(tmp_path):
+    bad = tmp_path / "latin.txt"
+    bad.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        build_task("text_lm", path=str(bad), cache_dir=str(tmp_path))
+    msg = str(info.value)
+    assert "latin.txt" in msg and "not UTF-8" in msg and "byte offset 3" in msg
+    assert "re-encode" in msg  # the fix
+
+
+def test_bad_input_empty_corpus_names_the_fix(tmp_path):
+    empty = tmp_path / "blank.txt"
+    empty.write_text(" \n\t\n", encoding="utf-8")
+    for name in ("text_lm", "text_lines_lm"):
+        with pytest.raises(DataError) as info:
+            build_task(name, path=str(empty), cache_dir=str(tmp_path))
+        assert "blank.txt" in str(info.value) and "empty corpus" in str(info.value)
+        assert "give a file with text" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name,options,problem,fix",
+    [
+        ("difference_sign", dict(train_lengths=[2, 5]), "train_lengths holds 2", "use lengths >= 3"),
+        ("addition_seq2seq", dict(test_lengths=[1]), "test_lengths holds 1", "use lengths >= 3"),
+        ("addition_gpt", dict(max_digits=1, num_examples=500), "only 100 exist", "lower num_examples"),
+        ("difference_sign", dict(train_lengths=[3], test_lengths=[4], train_examples_per_length=90,
+                                 if_too_few="error"), "only 81 are available", "ask for at most 81"),
+    ],
+)
+def test_bad_input_impossible_length_names_problem_and_fix(name, options, problem, fix):
+    with pytest.raises((ConfigError, DataError)) as info:
+        build_task(name, **options)
+    assert problem in str(info.value) and fix in str(info.value)
+
+
+def test_bad_input_block_longer_than_corpus(tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("just a few characters here\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        build_task("text_lm", path=str(small), block_size=500, cache_dir=str(tmp_path))
+    assert "fewer than block_size=500" in str(info.value) and "lower block_size" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["difference_sign", "addition_seq2seq"])
+def test_bad_input_eval_split_left_empty_by_exclusion(name):
+    # length 3 has 81 problems for both tasks; training takes them all, nothing is left to test
+    with pytest.raises(DataError) as info:
+        build_task(name, train_lengths=[3], test_lengths=[3], train_examples_per_length=1000)
+    msg = str(info.value)
+    assert "test split is empty" in msg and "exclude_train_from_eval=False" in msg
+    # and asking for contamination explicitly is allowed
+    task = build_task(name, train_lengths=[3], test_lengths=[3], train_examples_per_length=1000,
+                      exclude_train_from_eval=False)
+    assert len(task.dataset("test")) > 0
+
+
+def test_bad_input_empty_validation_split(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("one line only, but long enough for a block of tokens\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        build_task("text_lm", path=str(path), block_size=8, val_fraction=0.001, cache_dir=str(tmp_path))
+    assert "0 validation tokens" in str(info.value) and "raise val_fraction" in str(info.value)
+    with pytest.raises(DataError) as info:
+        build_task("text_lines_lm", path=str(path), val_fraction=0.2)
+    assert "empty validation split" in str(info.value) and "raise val_fraction" in str(info.value)
+    with pytest.raises(DataError) as info:
+        build_task("addition_gpt", max_digits=1, num_examples=5, split_fractions=(0.8, 0.1, 0.1))
+    assert "split is empty" in str(info.value) and "raise num_examples" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["difference_sign", "addition_seq2seq", "addition_gpt"])
+@pytest.mark.parametrize("base", [11, 16, 1])
+def test_bad_input_base_beyond_the_ten_digit_vocabulary(name, base):
+    with pytest.raises(ConfigError) as info:
+        build_task(name, base=base)
+    assert f"base={base}" in str(info.value) and "base must be 2..10" in str(info.value)
+
+
+@pytest.mark.parametrize("operator,limit", [("+", 17), ("-", 17), ("*", 9)])
+def test_bad_input_more_digits_than_int64_arithmetic_holds(operator, limit):
+    with pytest.raises(ConfigError) as info:
+        build_task("addition_gpt", operator=operator, max_digits=limit + 1)
+    assert f"max_digits={limit + 1}" in str(info.value) and f"use max_digits <= {limit}" in str(info.value)
+    build_task("addition_gpt", operator=operator, max_digits=limit, num_examples=30)  # the limit itself works

@@ -417,3 +417,16 @@ def test_gpt2_files_errors(tmp_path):
 def test_bpe_train_rejects_an_empty_corpus(corpus):
     with pytest.raises(DataError, match="empty corpus"):
         BPETokenizer.train(corpus, vocab_size=300)
+
+
+# ---------------------------------------------------------------------- every registered tokenizer
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_every_tokenizer_round_trips_text_and_its_json_file(name, tiny_tokenizer, tmp_path):
+    tok, text = tiny_tokenizer(name)
+    assert type(tok) is TOKENIZERS[name] and tok.type_name == name
+    ids = tok.encode(text)
+    assert ids and all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.decode(ids) == text
+    loaded = load_tokenizer(tok.save(tmp_path / "tokenizer.json"))
+    assert type(loaded) is type(tok) and loaded.to_dict() == tok.to_dict()
+    assert loaded.encode(text) == ids

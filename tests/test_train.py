@@ -7,6 +7,8 @@ import json
 import math
 import os
 import pickle
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from scratchformer.errors import CheckpointError
+from scratchformer.errors import CheckpointError, ConfigError
 from scratchformer.nn import linear as linear_module
 from scratchformer.nn.linear import TunedLinear, onednn_available
 from scratchformer.models import (
@@ -30,6 +32,8 @@ from scratchformer.models import (
     GPTConfig,
 )
 from scratchformer.train import (
+    OPTIMIZERS,
+    SCHEDULES,
     build_optimizer,
     decay_groups,
     latest_checkpoint,
@@ -43,20 +47,12 @@ from scratchformer.train import (
 )
 from scratchformer import losses as losses_module
 from scratchformer.train.data import ResumableSampler, split_global_batch
+from scratchformer.train.run import build_run
 from scratchformer.train.trainer import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_GPT = [
-    "model.d_model=32", "model.n_head=2", "model.n_layer=1", "model.max_len=32",
-    "task.max_digits=2", "task.min_digits=1", "task.num_examples=3000",
-    "train.batch_size=16", "train.eval_every=0", "train.checkpoint_every=0", "train.eval_max_examples=200",
-    "train.progress=false", "train.log_every=1", "train.threads=1", "train.warmup_steps=2",
-]
-
-
-def tiny_config(tmp_path: Path, *extra: str):
-    return resolve_config(None, [*TINY_GPT, f"train.out_dir={tmp_path}", *extra])
+FEWER = ("task.num_examples=1000", "train.eval_max_examples=100")  # the data of some runs below
 
 
 # ---------------------------------------------------------------------- parameter groups
@@ -163,30 +159,30 @@ def test_global_batch_shards_are_disjoint_and_cover():
 
 
 # ---------------------------------------------------------------------- accumulation
-def test_grad_accumulation_equals_one_big_batch(tmp_path):
+def test_grad_accumulation_equals_one_big_batch(tmp_path, tiny_config):
     # SGD makes the update proportional to the gradient, so a wrong normalisation
     # (mean of micro-batch means with different numbers of answer tokens) would show.
     common = ["train.steps=3", "train.optimizer=sgd", "train.lr=0.5", "train.schedule=constant", "train.grad_clip=0",
               "train.batch_size=32"]
-    big = train(tiny_config(tmp_path, *common, "name=big"))
-    acc = train(tiny_config(tmp_path, *common, "name=acc", "train.grad_accum=4"))
+    big = train(tiny_config(*common, "name=big"))
+    acc = train(tiny_config(*common, "name=acc", "train.grad_accum=4"))
     a = load_file(big.run_dir / "model.safetensors")
     b = load_file(acc.run_dir / "model.safetensors")
-    start = GPT_init(tmp_path)
+    start = GPT_init(tiny_config)
     moved = max(float((a[k] - start[k]).abs().max()) for k in a)
     assert moved > 1e-3
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
-def GPT_init(tmp_path):
-    run = train(tiny_config(tmp_path, "train.steps=1", "train.lr=0", "train.optimizer=sgd", "name=init"))
+def GPT_init(tiny_config):
+    run = train(tiny_config("train.steps=1", "train.lr=0", "train.optimizer=sgd", "name=init"))
     return load_file(run.run_dir / "model.safetensors")
 
 
 # ---------------------------------------------------------------------- run directory
-def test_run_directory_contents_and_metrics_fields(tmp_path):
-    result = train(tiny_config(tmp_path, "train.steps=6", "train.eval_every=3", "train.checkpoint_every=3", "name=r"))
+def test_run_directory_contents_and_metrics_fields(tmp_path, tiny_config):
+    result = train(tiny_config("train.steps=6", "train.eval_every=3", "train.checkpoint_every=3", "name=r"))
     run_dir = result.run_dir
     for name in ("config.json", "metrics.jsonl", "model.safetensors", "tokenizer.json", "best.safetensors", "results.json"):
         assert (run_dir / name).is_file(), name
@@ -277,8 +273,8 @@ def test_checkpoint_round_trip_restores_optimizer_state(tmp_path):
     fresh.load_state_dict(ckpt.optimizer)  # torch accepts it as is
 
 
-def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):
-    result = train(tiny_config(tmp_path, "train.steps=2", "train.checkpoint_every=1", "name=r"))
+def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path, tiny_config):
+    result = train(tiny_config("train.steps=2", "train.checkpoint_every=1", "name=r"))
     run_dir = result.run_dir
     weights = run_dir / "model.safetensors"
     good = weights.read_bytes()
@@ -317,7 +313,7 @@ def test_truncated_and_foreign_checkpoints_are_clear_errors(tmp_path):
 
 
 @pytest.mark.parametrize("backend", [None, "auto", "torch", "onednn"])
-def test_the_runs_linear_backend_is_applied_to_its_model_only_and_recorded(tmp_path, monkeypatch, backend):
+def test_the_runs_linear_backend_is_applied_to_its_model_only_and_recorded(tmp_path, monkeypatch, backend, tiny_config):
     if backend == "onednn" and not onednn_available():
         pytest.skip("this PyTorch has no oneDNN linear kernel")
     seen = []
@@ -330,7 +326,7 @@ def test_the_runs_linear_backend_is_applied_to_its_model_only_and_recorded(tmp_p
 
     monkeypatch.setitem(losses_module.LOSSES, "lm", spy)
     extra = [] if backend is None else [f"train.linear_backend={backend}"]
-    train(tiny_config(tmp_path, "train.steps=2", *extra, "name=backend"))
+    train(tiny_config("train.steps=2", *extra, "name=backend"))
     expected = {
         None: {(TunedLinear, None)}, "auto": {(TunedLinear, None)},  # measured (None: "auto")
         "torch": {(nn.Linear, None)}, "onednn": {(TunedLinear, "onednn")},
@@ -341,14 +337,14 @@ def test_the_runs_linear_backend_is_applied_to_its_model_only_and_recorded(tmp_p
     assert recorded == (backend or "auto")
 
 
-def test_a_resumed_run_reuses_the_recorded_kernel_choices(tmp_path, monkeypatch):
+def test_a_resumed_run_reuses_the_recorded_kernel_choices(tmp_path, monkeypatch, tiny_config):
     """Every product measured (no size floor): the checkpoint records each shape's kernel, and the
     resumed run loads them and measures none of those shapes again."""
     monkeypatch.setattr(linear_module, "MEASURE_MIN_MACS", 0)
     measured = []
     real = linear_module.time_candidates
     monkeypatch.setattr(linear_module, "time_candidates", lambda c, **kw: measured.append(1) or real(c, **kw))
-    cfg = tiny_config(tmp_path, "train.steps=2", "train.checkpoint_every=1", "name=kernels")
+    cfg = tiny_config("train.steps=2", "train.checkpoint_every=1", "name=kernels")
     train(cfg)
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "kernels"))
     recorded = ckpt.state["kernels"]
@@ -357,14 +353,14 @@ def test_a_resumed_run_reuses_the_recorded_kernel_choices(tmp_path, monkeypatch)
     real_load = linear_module.KernelTuner.load
     monkeypatch.setattr(linear_module.KernelTuner, "load", lambda self, c: loaded.append(dict(c)) or real_load(self, c))
     measured.clear()
-    train(tiny_config(tmp_path, "train.steps=4", "train.checkpoint_every=1", "name=kernels"),
+    train(tiny_config("train.steps=4", "train.checkpoint_every=1", "name=kernels"),
           run_dir=tmp_path / "kernels", resume=True)
     assert recorded in loaded
     train_keys = [k for k in recorded if " grad " in k]
     assert train_keys and len(measured) <= len(recorded) - len(train_keys)  # the training shapes: none again
 
 
-def test_the_last_evaluation_is_reused_at_the_end_when_it_saw_the_whole_split(tmp_path, monkeypatch):
+def test_the_last_evaluation_is_reused_at_the_end_when_it_saw_the_whole_split(tmp_path, monkeypatch, tiny_config):
     import scratchformer.train.trainer as trainer_module
 
     calls = []
@@ -375,7 +371,7 @@ def test_the_last_evaluation_is_reused_at_the_end_when_it_saw_the_whole_split(tm
         return real(model, task, split, **kwargs)
 
     monkeypatch.setattr(trainer_module, "split_sums", spy)
-    train(tiny_config(tmp_path, "train.steps=2", "train.eval_every=0", "train.eval_max_examples=0", "name=reuse"))
+    train(tiny_config("train.steps=2", "train.eval_every=0", "train.eval_max_examples=0", "name=reuse"))
     records = [json.loads(x) for x in (tmp_path / "reuse" / "metrics.jsonl").read_text().splitlines()]
     (last,) = [r for r in records if r["event"] == "eval"]
     finals = {r["split"]: r for r in records if r["event"] == "final"}
@@ -385,7 +381,7 @@ def test_the_last_evaluation_is_reused_at_the_end_when_it_saw_the_whole_split(tm
 
 
 # ---------------------------------------------------------------------- non-finite loss
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, tiny_config):
     calls = {"n": 0}
     real = losses_module.LOSSES["lm"]
 
@@ -397,7 +393,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
         return out
 
     monkeypatch.setitem(losses_module.LOSSES, "lm", poisoned)
-    cfg = tiny_config(tmp_path, "train.steps=8", "train.checkpoint_every=2", "name=nan")
+    cfg = tiny_config("train.steps=8", "train.checkpoint_every=2", "name=nan")
     with pytest.raises(NonFiniteLossError, match="step 5"):
         train(cfg)
     run_dir = tmp_path / "nan"
@@ -408,8 +404,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     assert not (run_dir / "results.json").exists()
 
 
-def test_huge_learning_rate_is_reported_not_saved(tmp_path):
-    cfg = tiny_config(tmp_path, "train.steps=30", "train.checkpoint_every=1", "train.optimizer=sgd",
+def test_huge_learning_rate_is_reported_not_saved(tmp_path, tiny_config):
+    cfg = tiny_config("train.steps=30", "train.checkpoint_every=1", "train.optimizer=sgd",
                       "train.lr=1e30", "train.grad_clip=0", "train.schedule=constant", "name=huge")
     with pytest.raises(NonFiniteLossError, match=r"at step \d+") as info:
         train(cfg)
@@ -433,11 +429,11 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("backend", ["auto", "onednn"])  # onednn: every matmul of this tiny model through oneDNN
-def test_resume_after_sigkill_is_bit_identical(tmp_path, backend):
+def test_resume_after_sigkill_is_bit_identical(tmp_path, backend, tiny_overrides):
     if backend == "onednn" and not onednn_available():
         pytest.skip("this PyTorch has no oneDNN linear kernel")
     steps, kill_at = 40, 6
-    overrides = [*TINY_GPT, f"train.steps={steps}", "train.checkpoint_every=1", "train.keep_checkpoints=3",
+    overrides = [*tiny_overrides, f"train.steps={steps}", "train.checkpoint_every=1", "train.keep_checkpoints=3",
                  "model.dropout=0.1", f"train.out_dir={tmp_path}",  # dropout: the torch RNG must be restored too
                  f"train.linear_backend={backend}"]  # the resumed run reads it back from config.json
     # the uninterrupted run and the one to kill run side by side (2 cores)
@@ -474,3 +470,154 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, backend):
     ma = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in ma if r["event"] == "train"] == [r["loss"] for r in mb if r["event"] == "train"]
+
+
+# ---------------------------------------------------------------- mixed precision by flag
+def test_bf16_flag_changes_the_computation_but_not_much(tmp_path, read_metrics, tiny_config):
+    common = ["train.steps=2", "train.optimizer=sgd", "train.lr=0.1", "train.schedule=constant"]
+    fp32 = train(tiny_config(*FEWER, *common, "name=fp32"))
+    bf16 = train(tiny_config(*FEWER, *common, "name=bf16", "train.precision=bf16"))
+    a = [r["loss"] for r in read_metrics(fp32.run_dir) if r["event"] == "train"]
+    b = [r["loss"] for r in read_metrics(bf16.run_dir) if r["event"] == "train"]
+    assert a[0] != b[0]  # the flag is not ignored: bf16 rounding shows in the loss
+    assert b[0] == pytest.approx(a[0], rel=2e-2)
+    assert load_file(bf16.run_dir / "model.safetensors")["embed.tok.weight"].dtype == torch.float32
+
+
+# ---------------------------------------------------------------- best checkpoint by a chosen metric
+# (mutation that survived: best updated only at the first evaluation)
+@pytest.mark.parametrize("metric", ["loss", "token_accuracy"])
+def test_best_weights_are_those_of_the_best_evaluation(tmp_path, metric, read_metrics, tiny_config):
+    result = train(tiny_config(*FEWER, "train.steps=8", "train.eval_every=1", "train.checkpoint_every=1",
+                        "train.keep_checkpoints=20", "train.lr=3e-3", f"train.best_metric={metric}", "name=b"))
+    run_dir = result.run_dir
+    evals = [r for r in read_metrics(run_dir) if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == list(range(1, 9))
+    values = [r[metric] for r in evals]
+    best_value = min(values) if metric == "loss" else max(values)
+    best_step = evals[values.index(best_value)]["step"]  # the first step reaching it
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["step"] == best_step and best["metric"] == metric
+    assert best["value"] == pytest.approx(best_value)
+    weights = load_file(run_dir / "best.safetensors")
+    at_best = load_file(run_dir / "checkpoints" / f"step_{best_step:08d}" / "model.safetensors")
+    assert weights.keys() == at_best.keys() and all(torch.equal(weights[k], at_best[k]) for k in weights)
+    if metric == "loss":
+        assert best_step > 1  # the loss fell: a best stuck at the first evaluation would show
+
+
+# ---------------------------------------------------------------- resume cleans up what the kill left
+# (mutation that survived the SIGKILL test, which only sometimes kills between a log line and its checkpoint:
+#  metrics.jsonl not truncated on resume)
+def test_resume_drops_metric_lines_after_the_checkpoint_and_a_cut_line(tmp_path, read_metrics, tiny_config):
+    common = ["train.steps=5", "train.checkpoint_every=2", "train.keep_checkpoints=10"]
+    straight = train(tiny_config(*FEWER, *common, "name=straight")).run_dir
+    killed = tmp_path / "killed"
+    shutil.copytree(straight, killed)
+    # as if killed while writing step 5's checkpoint, after logging steps 3..5 and half a line
+    shutil.rmtree(killed / "checkpoints" / "step_00000005")
+    lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    kept = [r for r in lines if r["event"] != "final"]
+    (killed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"event": "train", "st')
+    (killed / "results.json").unlink()
+    assert latest_checkpoint(killed).name == "step_00000004"
+    train(tiny_config(*FEWER, *common), run_dir=killed, resume=True)
+    got = read_metrics(killed)
+    assert [r["step"] for r in got if r["event"] == "train"] == [1, 2, 3, 4, 5]
+    want = read_metrics(straight)
+    assert [r["loss"] for r in got if r["event"] == "train"] == [r["loss"] for r in want if r["event"] == "train"]
+    assert sorted(r["split"] for r in got if r["event"] == "final") == ["test", "val"]
+
+
+# ---------------------------------------------------------------- resuming with fewer steps than were reached
+def test_resume_with_fewer_steps_than_reached_is_a_clear_error(tmp_path, tiny_config):
+    cfg = tiny_config(*FEWER, "train.steps=4", "train.checkpoint_every=2", "name=short")
+    result = train(cfg)
+    fewer = tiny_config(*FEWER, "train.steps=2", "train.checkpoint_every=2", "name=short")
+    with pytest.raises(ConfigError, match=r"train.steps=2 is below step 4"):
+        train(fewer, run_dir=result.run_dir, resume=True)
+
+
+# ---------------------------------------------------------------- the progress bar
+# (mutation that survived: lr dropped from the bar)
+def test_progress_bar_shows_steps_loss_lr_tokens_per_second_and_eta(tmp_path, capsys, tiny_config):
+    train(tiny_config(*FEWER, "train.steps=6", "train.log_every=2", "train.progress=true", "name=p"))
+    err = capsys.readouterr().err.replace("\r", "\n")
+    lines = [line for line in err.splitlines() if "/6" in line and "loss=" in line and "lr=" in line]
+    assert lines, err
+    line = lines[-1]
+    assert re.search(r"\b[1-6]/6\b", line)  # steps done / total
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", line)  # elapsed < ETA
+    assert re.search(r"loss=\d+\.\d+", line)
+    assert re.search(r"lr=\d\.\d\de-\d\d", line)
+    assert re.search(r"tok_s=\d+", line)
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path, tiny_config):
+    # with a tiny clip norm, one SGD step moves the weights by at most lr * clip in norm
+    clip, lr = 1e-3, 0.5
+    cfg = tiny_config(*FEWER, "train.steps=1", "train.optimizer=sgd", f"train.lr={lr}", "train.schedule=constant",
+               "train.warmup_steps=0", "train.weight_decay=0", f"train.grad_clip={clip}", "name=clip")
+    from scratchformer.train.rng import seed_everything
+
+    seed_everything(cfg.seed)  # the trainer's own start, so `before` is its initial model
+    # named_parameters lists a tied weight once, so it is counted once in the norm
+    before = {k: v.detach().clone() for k, v in build_run(cfg)[1].named_parameters()}
+    result = train(cfg)
+    after = load_file(str(Path(result.run_dir) / "model.safetensors"))
+    moved = math.sqrt(sum(float((after[k] - before[k]).pow(2).sum()) for k in after if k in before))
+    assert 0 < moved <= lr * clip * 1.01
+
+
+@pytest.mark.slow
+def test_compile_flag_trains_the_same_model(tmp_path, monkeypatch, read_metrics, tiny_config):
+    calls = []
+    real_compile = torch.compile
+
+    def spy(model, *args, **kwargs):
+        calls.append(type(model).__name__)
+        return real_compile(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    eager = train(tiny_config(*FEWER, "train.steps=2", "name=eager"))
+    assert calls == []
+    compiled = train(tiny_config(*FEWER, "train.steps=2", "train.compile=true", "name=compiled"))
+    assert calls, "train.compile=true never called torch.compile"
+    a = load_file(str(Path(eager.run_dir) / "model.safetensors"))
+    b = load_file(str(Path(compiled.run_dir) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    losses = [r["loss"] for r in read_metrics(Path(compiled.run_dir)) if r.get("event") == "train"]
+    assert losses and all(math.isfinite(x) for x in losses)
+
+
+# ---------------------------------------------------------------------- every registered optimizer and schedule
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_holds_each_parameter_once_and_lowers_a_loss(name):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=19, d_model=16, n_head=2, n_layer=1, max_len=16))
+    opt = build_optimizer(name, model, lr=1e-2, weight_decay=0.1)
+    held = [id(p) for group in opt.param_groups for p in group["params"]]
+    assert sorted(held) == sorted(id(p) for p in model.parameters())  # each once (a tied weight too)
+    ids = torch.randint(0, 19, (4, 12), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for _ in range(5):  # the same batch again and again: any working optimizer lowers its loss
+        loss = model.loss(ids, ids)
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_every_schedule_is_a_pure_finite_non_negative_function_of_the_step(name):
+    def lrs() -> list[float]:
+        return [lr_at(name, step, 1e-3, total_steps=200, warmup_steps=20, min_lr_ratio=0.1, d_model=64)
+                for step in range(1, 201)]
+
+    got = lrs()
+    assert all(math.isfinite(x) and x >= 0 for x in got) and max(got) > 0
+    assert got == lrs()  # a function of the step alone
+    assert got[-1] <= max(got)
