@@ -109,6 +109,8 @@ def _tiny_task_options(tmp_path: Path) -> dict[str, dict[str, Any]]:
         "text_lines_lm": dict(path=str(corpus), max_length=24, cache_dir=str(tmp_path / "cache")),
         "text_classification": dict(path=str(records), max_length=24, cache_dir=str(tmp_path / "cache")),
         "regression": dict(num_examples=100, dim=3),
+        "addition_lengthgen": dict(train_digits="1..3", train_examples=100, val_digits=4, val_examples_per_length=10,
+                                   test_digits=[5], test_examples_per_length=10, in_dist_examples=10, max_digits=6),
     }  # fmt: skip
 
 
