@@ -341,6 +341,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.seed is not None:
         torch.manual_seed(args.seed)
     task = run.task_for_prompts()
+    if run.arch == "gpt" and hasattr(task, "answer_user_problem"):  # it decodes with its own position ids
+        try:
+            result = task.answer_user_problem(run.model, args.prompt)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        print(f"{args.prompt.strip().removesuffix('=')}={result['answer']}")
+        if not result["answer"] == result["raw"]:
+            print(f"(the model read {result['prompt']!r} and wrote {result['raw']!r}; shown as an ordinary number)")
+        return 0
     prompt = task.format_prompt(args.prompt)
     ids = tok.encode(prompt)
     unk = getattr(tok, "unk_token_id", None)

@@ -49,8 +49,12 @@ def _token_ce(logits: Tensor, targets: Tensor) -> LossOutput:
 
 
 def lm_loss(model: nn.Module, batch: Batch) -> LossOutput:
-    """Next-token cross-entropy: position t predicts ``labels[:, t + 1]``; -100 is ignored."""
-    logits = model(batch["input_ids"], batch.get("attention_mask"))  # (B, T, V)
+    """Next-token cross-entropy: position t predicts ``labels[:, t + 1]``; -100 is ignored.
+    A task's ``position_ids`` (place-value formats), when present, go to the model."""
+    if "position_ids" in batch:
+        logits = model(batch["input_ids"], batch.get("attention_mask"), batch["position_ids"])  # (B, T, V)
+    else:
+        logits = model(batch["input_ids"], batch.get("attention_mask"))  # (B, T, V)
     return _token_ce(logits[:, :-1], batch["labels"][:, 1:])
 
 

@@ -205,6 +205,51 @@ class ALiBiPositions(PositionalEncoding):
         return -self.slopes.to(device)[:, None, None] * distance  # (H, T, S)
 
 
+class PlacePositions(PositionalEncoding):
+    """A trained vector per *place-value* id, with a random offset per row in training.
+
+    For tasks that give each token a position id by meaning rather than by
+    index (position coupling, Abacus embeddings: digits of equal significance
+    share an id; see tasks/lengthgen.py). Id 0 means "no place" (operators,
+    BOS) and is never shifted; in training every other id of a row moves by
+    the same offset drawn from 0..``max_offset``, so the vectors of ids longer
+    problems use at test time (offset 0) are trained too.
+
+    Needs ``position_ids`` from the caller (the default 0..T-1 would treat
+    token indices as places). ``table="sinusoidal"`` uses the fixed sine
+    table instead of trained vectors (then no offset is needed for untrained
+    ids, but one still helps the model not to rely on absolute places).
+    """
+
+    def __init__(
+        self, *, d_model: int, n_head: int, max_len: int, max_offset: int = 0, table: str = "learned"
+    ) -> None:
+        super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
+        if isinstance(max_offset, bool) or not isinstance(max_offset, int) or not 0 <= max_offset < max_len:
+            raise ConfigError(f"place positions: max_offset={max_offset!r} must be an int in 0..{max_len - 1} (max_len)")
+        self.max_offset = max_offset
+        if table == "learned":
+            self.weight = nn.Parameter(torch.empty(max_len, d_model))
+            nn.init.normal_(self.weight, std=0.02)
+        elif table == "sinusoidal":
+            self.register_buffer("weight", vaswani_table(max_len, d_model), persistent=False)
+        else:
+            raise ConfigError(f"place positions: table={table!r} must be 'learned' or 'sinusoidal'")
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        if self.training and self.max_offset:
+            rows = positions.view(-1, positions.size(-1))  # (B or 1, T)
+            offset = torch.randint(0, self.max_offset + 1, (x.size(0), 1), device=x.device)  # (B, 1)
+            positions = torch.where(rows > 0, rows + offset, rows)  # (B, T)
+            top = int(positions.max())
+            if top >= self.max_len:
+                raise ValueError(
+                    f"place id {top} (with a training offset up to {self.max_offset}) exceeds the table of "
+                    f"max_len={self.max_len}; lower positional_options.max_offset or raise max_len"
+                )
+        return x + self.weight[positions]  # (B, T, C)
+
+
 POSITIONAL: dict[str, type[PositionalEncoding]] = {
     "none": PositionalEncoding,
     "learned": LearnedPositions,
@@ -212,6 +257,7 @@ POSITIONAL: dict[str, type[PositionalEncoding]] = {
     "sinusoidal_xl": SinusoidalXLPositions,
     "rope": RotaryPositions,
     "alibi": ALiBiPositions,
+    "place": PlacePositions,
 }
 
 

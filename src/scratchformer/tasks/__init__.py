@@ -34,6 +34,7 @@ from scratchformer.tasks.base import (
 )
 from scratchformer.tasks.classification import TextClassificationConfig, TextClassificationTask
 from scratchformer.tasks.files import read_records
+from scratchformer.tasks.lengthgen import FORMATS, AdditionFormat, AdditionLengthgenConfig, AdditionLengthgenTask
 from scratchformer.tasks.contamination import contamination_report, task_contamination
 from scratchformer.tasks.regression import RegressionConfig, RegressionTask
 from scratchformer.tasks.text import (
@@ -52,7 +53,11 @@ __all__ = [
     "IGNORE_INDEX",
     "TASKS",
     "TASK_KINDS",
+    "FORMATS",
+    "AdditionFormat",
     "AdditionGPTConfig",
+    "AdditionLengthgenConfig",
+    "AdditionLengthgenTask",
     "AdditionGPTTask",
     "AdditionSeq2SeqConfig",
     "AdditionSeq2SeqTask",

@@ -28,6 +28,8 @@ key                        shape/dtype  meaning
                                         where no loss is taken (collate padding)
 ``inputs``                 (B, D) float regression: features
 ``targets``                (B,) float   regression: the values to predict
+``position_ids``           (B, T) long  lm, optional: each token's position id when the
+                                        task sets them (place-value formats); padded with 0
 ``lengths``                (B,) long    each example's problem length (see each
                                         task), for accuracy-by-length tables
 =========================  ===========  ===============================================
@@ -79,6 +81,7 @@ PAD_VALUES: dict[str, int] = {
     "attention_mask": 0,
     "encoder_attention_mask": 0,
     "labels": IGNORE_INDEX,
+    "position_ids": 0,
 }
 """Padding value of each non-token-id key that :func:`pad_collate` may pad."""
 

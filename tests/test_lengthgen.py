@@ -1,0 +1,188 @@
+"""Length-generalisation addition: formats round-trip, place-value ids, the place encoding, the knobs."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from scratchformer.errors import ConfigError, DataError
+from scratchformer.lengthgen import (
+    METHODS,
+    apply_dotted,
+    exact_match_by_length,
+    method_overrides,
+    with_attention_temperature,
+)
+from scratchformer.models import GPT, GPTConfig
+from scratchformer.nn.positional import build_positional
+from scratchformer.tasks import build_task
+from scratchformer.tasks.lengthgen import FORMATS, HINTS, parse_user_problem
+
+
+def _number(rng: random.Random, digits: int) -> str:
+    return str(rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits))
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_every_format_round_trips_1_to_60_digits(name):
+    """The answer the model is trained to emit reads back as the true sum; the prompt reads back as the operands."""
+    fmt, rng = FORMATS[name], random.Random(0)
+    for _ in range(300):
+        a, b = _number(rng, rng.randint(1, 60)), _number(rng, rng.randint(1, 60))
+        offset = rng.randint(0, len(HINTS) - 61) if fmt.hints else 0
+        enc = fmt.encode(a, b, hint_offset=offset)
+        assert fmt.read_answer(enc.answer) == str(int(a) + int(b))
+        prompt = "".join(enc.tokens[: enc.prompt_length])
+        assert fmt.read_prompt(prompt) == (a, b)
+        assert enc.tokens[enc.prompt_length - 1] == "=" and enc.tokens[-1] == "<eos>"
+
+
+def test_every_method_names_a_format_and_a_positional_encoding():
+    for name in METHODS:
+        over = method_overrides(name)
+        assert over["task.format"] in FORMATS
+        build_positional(over["model.positional"], d_model=8, n_head=2, max_len=200,
+                         **over.get("model.positional_options", {}))
+
+
+@pytest.mark.parametrize("name", ["coupled", "abacus"])
+def test_place_ids_give_equal_significance_one_id(name):
+    """Operand digits of place i and the token that predicts answer place i all carry id i + 1."""
+    fmt = FORMATS[name]
+    a, b = "98765", "432"
+    enc = fmt.encode(a, b)
+    ids = enc.position_ids
+    assert len(ids) == len(enc.tokens)
+    places = {}  # id -> tokens carrying it, in the prompt
+    for tok, pid in zip(enc.tokens[: enc.prompt_length], ids):
+        places.setdefault(pid, []).append(tok)
+    # operand digits by significance: a's place i is a[-1 - i]
+    for i in range(len(a)):
+        expected = [a[-1 - i]] + ([b[-1 - i]] if i < len(b) else []) + (["="] if i == 0 else [])
+        assert sorted(places[i + 1]) == sorted(expected)
+    answer = enc.tokens[enc.prompt_length : -1]  # least significant first
+    for i, tok in enumerate(answer[:-1]):  # answer digit i predicts place i + 1
+        assert ids[enc.prompt_length + i] == i + 2
+    assert places[0] == ["<bos>", "+"]
+
+
+def test_user_problems_and_bad_input():
+    assert parse_user_problem("0012 + 34=") == ("12", "34")
+    with pytest.raises(DataError, match="not an addition"):
+        parse_user_problem("12-3=")
+    with pytest.raises(ConfigError, match="addition format"):
+        build_task("addition_lengthgen", format="coupld", train_examples=10)
+    with pytest.raises(ConfigError, match="max_digits"):
+        build_task("addition_lengthgen", test_digits=[70], train_examples=10)
+
+
+def test_task_splits_lengths_and_labels():
+    task = build_task("addition_lengthgen", format="coupled", train_examples=3000, test_digits=[5, 10, 20],
+                      test_examples_per_length=50, val_examples_per_length=20, in_dist_examples=100)
+    assert task.split_names == ("train", "val", "test", "in_dist")
+    assert sorted(set(task.example_lengths("test"))) == [5, 10, 20]
+    assert set(task.example_lengths("val")) == {12}
+    train = set(task.operands("train"))
+    assert not train & set(task.operands("test")) and not train & set(task.operands("in_dist"))
+    ex = task.dataset("train")[0]
+    text = task.tokenizer.decode(ex["input_ids"].tolist())
+    a, b = FORMATS["coupled"].read_prompt(text.split("=")[0] + "=")
+    answer = task.tokenizer.decode([t for t in ex["labels"].tolist() if t != -100])
+    assert FORMATS["coupled"].read_answer(answer) == str(int(a) + int(b))
+    for p in task.prompts("test")[:20]:
+        assert task.check_answer(p.ids, p.answer + "<eos>") and not task.check_answer(p.text, p.answer + "1")
+
+
+def test_train_operand_lengths_are_independent_and_uniform():
+    task = build_task("addition_lengthgen", train_examples=20000, in_dist_examples=0)
+    la = np.array([len(a) for a, _ in task.operands("train")])
+    lb = np.array([len(b) for _, b in task.operands("train")])
+    counts = np.bincount(la, minlength=11)[1:]
+    assert counts.min() > 0.8 * counts.mean()  # the 100 one-digit pairs are used up once: a small dent at 1
+    assert abs(np.corrcoef(la, lb)[0, 1]) < 0.05
+
+
+def test_place_positions_shift_non_zero_ids_in_training_only():
+    torch.manual_seed(0)
+    pos = build_positional("place", d_model=4, n_head=1, max_len=40, max_offset=20)
+    ids = torch.tensor([[0, 3, 2, 1, 0, 1, 2]])
+    x = torch.zeros(1, 7, 4)
+    pos.eval()
+    assert torch.equal(pos.embed(x, ids), pos.weight[ids])
+    pos.train()
+    seen = set()
+    for _ in range(50):
+        out = pos.embed(x, ids)[0]
+        assert torch.equal(out[0], pos.weight[0]) and torch.equal(out[4], pos.weight[0])  # id 0 never moves
+        row = [int((pos.weight == out[t]).all(dim=1).nonzero()[0]) for t in (1, 2, 3)]
+        assert row[0] - row[2] == 2 and row[1] - row[2] == 1  # one offset for the whole row
+        seen.add(row[2] - 1)
+    assert len(seen) > 5 and max(seen) <= 20
+    with pytest.raises(ConfigError, match="max_offset"):
+        build_positional("place", d_model=4, n_head=1, max_len=40, max_offset=40)
+
+
+def test_attention_temperature_scales_the_logits():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, d_model=16, n_head=2, n_layer=1, max_len=16, attn_impl="reference")).eval()
+    ids = torch.randint(0, 20, (2, 9))
+    same = with_attention_temperature(model, 1.0)
+    assert torch.allclose(same(ids), model(ids))
+    hot = with_attention_temperature(model, 0.5)
+    _, plain = model(ids, output_attentions=True)
+    _, sharp = hot(ids, output_attentions=True)
+    # one layer: the same inputs to attention, so softmax(scores / tau) from the plain weights' logs
+    expected = (plain[0]["self"].log() / 0.5).softmax(-1)
+    assert torch.allclose(sharp[0]["self"], expected, atol=1e-5)
+    assert not torch.allclose(sharp[0]["self"], plain[0]["self"], atol=1e-3)
+    assert torch.allclose(model(ids), same(ids))  # the original is untouched
+
+
+def test_exact_match_by_length_counts_per_length():
+    task = build_task("addition_lengthgen", format="reversed", train_examples=200, test_digits=[3, 6],
+                      test_examples_per_length=30, val_examples_per_length=10, in_dist_examples=0, max_digits=12)
+    model = GPT(GPTConfig(vocab_size=task.tokenizer.vocab_size, d_model=16, n_head=2, n_layer=1,
+                          max_len=task.config.max_length))
+    table = exact_match_by_length(model, task, "test")
+    assert set(table) == {3, 6} and all(v == 0.0 for v in table.values())  # an untrained model gets none
+
+
+def test_apply_dotted():
+    cfg = apply_dotted({"model": {"d_model": 8}}, {"model.positional": "rope", "task.format": "plain"})
+    assert cfg == {"model": {"d_model": 8, "positional": "rope"}, "task": {"format": "plain"}}
+
+
+class _Oracle(torch.nn.Module):
+    """Writes the right next token of one known problem; checks the position ids it is given."""
+
+    def __init__(self, task, a: str, b: str):
+        super().__init__()
+        self.enc, self.ids = task.encode(a, b)
+        self.vocab = task.tokenizer.vocab_size
+        self.config = GPTConfig(vocab_size=self.vocab, max_len=task.config.max_length)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        T = input_ids.size(1)
+        assert input_ids[0].tolist() == self.ids[:T]
+        if self.enc.position_ids is None:
+            assert position_ids is None
+        else:
+            assert position_ids[0].tolist() == list(self.enc.position_ids[:T])
+        logits = torch.zeros(1, T, self.vocab)
+        logits[0, -1, self.ids[T]] = 1.0
+        return logits
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_generate_writes_the_users_problem_in_the_format_and_reads_the_answer_back(name, tmp_path):
+    task = build_task("addition_lengthgen", format=name, train_examples=50, val_examples_per_length=5,
+                      test_examples_per_length=5, in_dist_examples=0)
+    a, b = "12345678901234567890", "98765432109876543210"
+    result = task.answer_user_problem(_Oracle(task, a, b), f"{a}+{b}=")
+    assert result["answer"] == str(int(a) + int(b)) == "111111111011111111100"
+    assert result["raw"] == task.encode(a, b)[0].answer
+    assert task.present_answer(task.format_prompt(f"{a}+{b}="), result["raw"]).text == result["answer"]
+    assert task.format_prompt(f"{a}+{b}=") == result["prompt"]
