@@ -168,3 +168,39 @@ def greedy_answer(model: nn.Module, task_config: dict[str, Any], tokenizer: Any,
     raw = tokenizer.decode(written)
     answer = fmt.read_answer(raw)
     return {"prompt": "".join(prompt[1:]), "raw": raw, "answer": "?" if answer is None else answer}
+
+
+# ---------------------------------------------------------------------- one run, every knob
+KNOBS = ("last", "best", "best+temp")
+"""How a run is scored: final weights; weights best on the validation length; those with the chosen temperature."""
+
+
+def evaluate_run_lengths(run_dir: Any, temperatures: Sequence[float] = TEMPERATURES, test_split: str = "test",
+                         val_split: str = "val", in_dist_split: str = "in_dist") -> dict[str, Any]:
+    """Exact match by operand length of one ``addition_lengthgen`` run under each of :data:`KNOBS`.
+
+    Returns:
+        {"by_length": {knob: {length: exact match}}, "in_dist": {knob: exact match},
+         "val": {knob: exact match}, "temperature": the chosen one, "temperature_scores": {tau: val score}}.
+        Without ``best.safetensors`` the "best" knobs use the final weights.
+    """
+    from pathlib import Path
+
+    from .train.run import load_run
+
+    run = load_run(run_dir)
+    task = run.build_task()
+    best_path = Path(run_dir) / "best.safetensors"
+    best = load_run(run_dir, weights="best").model if best_path.is_file() else run.model
+    tau, scores = choose_temperature(best, task, val_split, temperatures)
+    models = {"last": run.model, "best": best, "best+temp": with_attention_temperature(best, tau)}
+    out: dict[str, Any] = {"by_length": {}, "in_dist": {}, "val": {}, "temperature": tau,
+                           "temperature_scores": scores}
+    for knob, model in models.items():
+        out["by_length"][knob] = exact_match_by_length(model, task, test_split)
+        for name, split in (("in_dist", in_dist_split), ("val", val_split)):
+            if split in task.split_names:
+                table = exact_match_by_length(model, task, split)
+                counts = np.bincount(task.example_lengths(split))
+                out[name][knob] = float(sum(v * counts[n] for n, v in table.items()) / counts.sum())
+    return out
