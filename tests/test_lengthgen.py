@@ -52,8 +52,8 @@ def test_every_method_names_a_format_and_a_positional_encoding():
 def test_place_ids_give_equal_significance_one_id(name):
     """Operand digits of place i and the token that predicts answer place i all carry id i + 1."""
     fmt = FORMATS[name]
-    a, b = "98765", "432"
-    enc = fmt.encode(a, b)
+    enc = fmt.encode("98765", "432")
+    a, b = fmt.written_operands("98765", "432")  # coupled pads b to 00432
     ids = enc.position_ids
     assert len(ids) == len(enc.tokens)
     places = {}  # id -> tokens carrying it, in the prompt

@@ -11,7 +11,7 @@ format    prompt (a=123, b=45)        answer the model writes  position ids
 ========  ==========================  =======================  ==============================
 plain     ``123+45=``                 ``168``                  sequential (the model's own)
 reversed  ``123+45=``                 ``861`` (least sig first) sequential
-coupled   ``123+45=``                 ``861``                  by place value (coupling)
+coupled   ``123+045=``                ``8610``                 by place value (coupling)
 abacus    ``321+54=``                 ``861``                  by place value (Abacus)
 hints     ``c1b2a3+b4a5=``            ``a8b6c1``               sequential; letters mark places
 ========  ==========================  =======================  ==============================
@@ -94,6 +94,9 @@ class AdditionFormat:
         reverse_answer: the model writes the sum least-significant digit first.
         place_ids: give tokens place-value position ids (see the module docstring).
         hints: put an index-hint letter before every digit.
+        pad: zero-pad the shorter operand to the longer one's length and the
+            sum to one digit more (Cho et al.'s position coupling format), so
+            every place has two operand digits and the answer's length is known.
     """
 
     name: str
@@ -101,6 +104,14 @@ class AdditionFormat:
     reverse_answer: bool = False
     place_ids: bool = False
     hints: bool = False
+    pad: bool = False
+
+    def written_operands(self, a: str, b: str) -> tuple[str, str]:
+        """The operands as this format writes them (zero-padded to equal length when ``pad``)."""
+        if not self.pad:
+            return a, b
+        width = max(len(a), len(b))
+        return a.zfill(width), b.zfill(width)
 
     # ------------------------------------------------------------------ writing
     def _number(self, digits: str, offset: int) -> list[str]:
@@ -135,6 +146,9 @@ class AdditionFormat:
                 f"{hint_offset} need {hint_offset + max(len(a), len(b)) + 1}"
             )
         total = str(int(a) + int(b))
+        a, b = self.written_operands(a, b)
+        if self.pad:
+            total = total.zfill(len(a) + 1)
         prompt = [BOS, *self._number(a, hint_offset), "+", *self._number(b, hint_offset), "="]
         tokens = (*prompt, *self._answer(total, hint_offset), EOS)
         ids = self.place_value_ids(a, b, len(total)) if self.place_ids else None
@@ -147,6 +161,7 @@ class AdditionFormat:
 
     def prompt_position_ids(self, a: str, b: str) -> tuple[int, ...]:
         """Place-value ids of BOS, a, ``+``, b and ``=`` (``=`` predicts place 0, so it has id 1)."""
+        a, b = self.written_operands(a, b)
         if not self.reverse_answer:
             raise ConfigError(f"format {self.name!r}: place-value ids need the answer written least significant first")
 
@@ -174,7 +189,8 @@ class AdditionFormat:
         digits = "".join(c for c in written if not (self.hints and c in HINTS))
         if not digits.isdigit() or (self.hints and len(digits) * 2 != len(written)):
             raise DataError(f"{text!r} is not an addition prompt in format {self.name!r}")
-        return digits[::-1] if self.reverse_operands else digits
+        digits = digits[::-1] if self.reverse_operands else digits
+        return str(int(digits)) if self.pad else digits
 
     def read_answer(self, written: str) -> str | None:
         """The ordinary decimal sum from the answer the model wrote (EOS and after dropped), or None if malformed."""
@@ -194,7 +210,7 @@ FORMATS: dict[str, AdditionFormat] = {
     for f in (
         AdditionFormat("plain"),
         AdditionFormat("reversed", reverse_answer=True),
-        AdditionFormat("coupled", reverse_answer=True, place_ids=True),
+        AdditionFormat("coupled", reverse_answer=True, place_ids=True, pad=True),
         AdditionFormat("abacus", reverse_operands=True, reverse_answer=True, place_ids=True),
         AdditionFormat("hints", reverse_answer=True, hints=True),
     )
@@ -220,7 +236,7 @@ def parse_user_problem(text: str) -> tuple[str, str]:
 def context_length(fmt: AdditionFormat, digits: int) -> int:
     """Tokens of a problem with two ``digits``-digit operands: BOS a + b = answer (digits + 1) EOS."""
     per_digit = 2 if fmt.hints else 1
-    return per_digit * (3 * digits + 1) + 4
+    return per_digit * (3 * digits + 1) + 4  # also with padding: both operands have ``digits`` digits
 
 
 # ---------------------------------------------------------------------- sampling
