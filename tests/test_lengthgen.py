@@ -9,13 +9,8 @@ import pytest
 import torch
 
 from scratchformer.errors import ConfigError, DataError
-from scratchformer.lengthgen import (
-    METHODS,
-    apply_dotted,
-    exact_match_by_length,
-    method_overrides,
-    with_attention_temperature,
-)
+from scratchformer.experiments import load_experiment
+from scratchformer.lengthgen import exact_match_by_length, with_attention_temperature
 from scratchformer.models import GPT, GPTConfig
 from scratchformer.nn.positional import build_positional
 from scratchformer.tasks import build_task
@@ -40,12 +35,20 @@ def test_every_format_round_trips_1_to_60_digits(name):
         assert enc.tokens[enc.prompt_length - 1] == "=" and enc.tokens[-1] == "<eos>"
 
 
-def test_every_method_names_a_format_and_a_positional_encoding():
-    for name in METHODS:
-        over = method_overrides(name)
-        assert over["task.format"] in FORMATS
-        build_positional(over["model.positional"], d_model=8, n_head=2, max_len=200,
-                         **over.get("model.positional_options", {}))
+def test_every_method_of_the_experiment_builds_its_format_and_positions():
+    """Each variant of addition-lengthgen is a format and a positional encoding the model accepts."""
+    exp = load_experiment("addition-lengthgen")
+    plan = exp.plan()
+    assert {"coupled", "abacus", "hints-nope"} <= set(plan.variants)
+    for pos in ("learned", "sinusoidal", "rope", "alibi", "nope"):
+        assert {f"{pos}-plain", f"{pos}-reversed"} <= set(plan.variants)
+    for run in plan.runs:
+        assert run.config.task["format"] in FORMATS
+        build_positional(run.config.model["positional"], d_model=8, n_head=2, max_len=200,
+                         **run.config.model.get("positional_options", {}))
+    assert [r.seed for r in plan.runs if r.variant == "coupled"] == [0, 1, 2]
+    assert [r.seed for r in plan.runs if r.variant == "abacus"] == [0]  # a variant's own seeds
+    assert {r.seed for r in exp.plan(seeds=[4, 5]).runs} == {4, 5}  # --seeds wins
 
 
 @pytest.mark.parametrize("name", ["coupled", "abacus"])
@@ -149,10 +152,6 @@ def test_exact_match_by_length_counts_per_length():
     table = exact_match_by_length(model, task, "test")
     assert set(table) == {3, 6} and all(v == 0.0 for v in table.values())  # an untrained model gets none
 
-
-def test_apply_dotted():
-    cfg = apply_dotted({"model": {"d_model": 8}}, {"model.positional": "rope", "task.format": "plain"})
-    assert cfg == {"model": {"d_model": 8, "positional": "rope"}, "task": {"format": "plain"}}
 
 
 class _Oracle(torch.nn.Module):

@@ -1,8 +1,8 @@
-"""Length generalisation of addition: the methods, the inference-time knobs, per-length evaluation.
+"""Length generalisation of addition: the inference-time knobs, per-length evaluation, the report.
 
-A *method* is a small registry entry (:data:`METHODS`): the overrides that
-turn the base run config into that method (a format of
-``tasks/lengthgen.py`` and a positional encoding). Every trained run is then
+A *method* is one variant of the ``addition-lengthgen`` experiment
+(``experiments/addition-lengthgen.toml``): a format of ``tasks/lengthgen.py``
+and a positional encoding, chosen by config. Every trained run is then
 scored three ways, cheapest knobs last:
 
 - ``last``: the final weights;
@@ -31,38 +31,8 @@ from .train.losses import lm_loss, teacher_forced_exact_match
 
 logger = logging.getLogger(__name__)
 
-BASELINE_POSITIONS = {"learned": "learned", "sinusoidal": "sinusoidal", "rope": "rope", "alibi": "alibi", "nope": "none"}
-
-METHODS: dict[str, dict[str, Any]] = {
-    **{
-        f"{name}-{fmt}": {"task.format": fmt, "model.positional": positional}
-        for name, positional in BASELINE_POSITIONS.items()
-        for fmt in ("plain", "reversed")
-    },
-    "coupled": {"task.format": "coupled", "model.positional": "place", "model.positional_options": {"max_offset": 60}},
-    "abacus": {"task.format": "abacus", "model.positional": "place", "model.positional_options": {"max_offset": 60}},
-    "hints-nope": {"task.format": "hints", "model.positional": "none"},
-    "hints-rope": {"task.format": "hints", "model.positional": "rope"},
-}
-"""Method name -> dotted config overrides. Baselines: ``<positions>-<plain|reversed>``."""
-
 TEMPERATURES: tuple[float, ...] = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
 """Attention-logit temperatures tried on the validation split."""
-
-
-def method_overrides(name: str) -> dict[str, Any]:
-    if name not in METHODS:
-        raise unknown_name("length-generalisation method", name, METHODS)
-    return copy.deepcopy(METHODS[name])
-
-
-def apply_dotted(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` with ``{"section.key": value}`` overrides set."""
-    out = copy.deepcopy(config)
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        out.setdefault(section, {})[key] = value
-    return out
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -204,3 +174,97 @@ def evaluate_run_lengths(run_dir: Any, temperatures: Sequence[float] = TEMPERATU
                 counts = np.bincount(task.example_lengths(split))
                 out[name][knob] = float(sum(v * counts[n] for n, v in table.items()) / counts.sum())
     return out
+
+
+# ---------------------------------------------------------------------- the experiment's evaluations
+RUN_FILE = "lengthgen.json"
+"""Each run's :func:`evaluate_run_lengths` result, written next to its weights for the report."""
+
+
+def run_outcome(run_dir: Any, trainer_results: dict[str, Any], headline: str = "best+temp",
+                temperatures: Sequence[float] = TEMPERATURES) -> dict[str, float]:
+    """Metrics of one run for the experiment runner (see ``experiments/evaluations.py``).
+
+    Metrics: ``in-dist`` and ``<n> digits`` under the ``headline`` knob, the
+    chosen temperature, training steps and training CPU seconds. Every knob's
+    figures go to the run's ``lengthgen.json``, which :func:`length_tables`
+    reads for the report.
+    """
+    from pathlib import Path
+
+    from .config import save_json
+
+    if headline not in KNOBS:
+        raise unknown_name("knob", headline, KNOBS)
+    res = evaluate_run_lengths(run_dir, temperatures)
+    save_json(Path(run_dir) / RUN_FILE, res)
+    metrics = {"in-dist": res["in_dist"].get(headline, float("nan"))}
+    metrics.update({f"{n} digits": v for n, v in res["by_length"][headline].items()})
+    metrics["temperature"] = res["temperature"]
+    metrics["steps"] = float(trainer_results.get("step", float("nan")))
+    metrics["training CPU s"] = float(trainer_results.get("cpu_s", float("nan")))
+    return metrics
+
+
+def plot_lengths(series: dict[str, dict[int, list[float]]], train_max: int, path: Any, title: str) -> None:
+    """One line per method (median over seeds) with its min–max band; the training range shaded.
+
+    ``series``: method -> {operand length: [exact match of each seed]}.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.axvspan(0.5, train_max + 0.5, color="0.9", label=f"training lengths 1..{train_max}")
+    for method, points in series.items():
+        xs = sorted(points)
+        med = [100 * float(np.median(points[x])) for x in xs]
+        line = ax.plot(xs, med, marker="o", ms=3, label=method)[0]
+        if any(len(points[x]) > 1 for x in xs):
+            ax.fill_between(xs, [100 * min(points[x]) for x in xs], [100 * max(points[x]) for x in xs],
+                            color=line.get_color(), alpha=0.18, lw=0)
+    ax.set_xlabel("operand length (digits, both operands)")
+    ax.set_ylabel("exact match (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def length_tables(run_dirs: dict[str, Any], knob: str = "best+temp") -> tuple[str, dict[str, dict[int, list[float]]]]:
+    """A markdown table (median [min–max] per length, per variant) from each run's ``lengthgen.json``,
+    and the per-seed values behind it. ``run_dirs``: "variant/seedK" -> run directory."""
+    import json
+    from pathlib import Path
+
+    series: dict[str, dict[int, list[float]]] = {}
+    for key, run_dir in run_dirs.items():
+        path = Path(run_dir) / RUN_FILE
+        if not path.is_file():
+            continue
+        variant = key.rsplit("/", 1)[0]
+        res = json.loads(path.read_text(encoding="utf-8"))
+        for n, v in res["by_length"][knob].items():
+            series.setdefault(variant, {}).setdefault(int(n), []).append(float(v))
+    lengths = sorted({n for points in series.values() for n in points})
+
+    def cell(values: list[float]) -> str:
+        med = 100 * float(np.median(values))
+        if len(values) > 1 and min(values) != max(values):
+            return f"{med:.1f} [{100 * min(values):.1f}–{100 * max(values):.1f}]"
+        return f"{med:.1f}"
+
+    header = ["method", "seeds", *(f"{n}" for n in lengths)]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, points in series.items():
+        seeds = max(len(v) for v in points.values())
+        rows.append("| " + " | ".join([f"`{variant}`", str(seeds), *(cell(points[n]) if n in points else "–"
+                                                                       for n in lengths)]) + " |")
+    return "\n".join(rows), series

@@ -188,12 +188,54 @@ def decoding_strategies(ctx: RunContext, strategies: dict[str, dict[str, Any]], 
     return Outcome(metrics=metrics, curves=curves)
 
 
+def lengthgen(ctx: RunContext, headline: str = "best+temp", temperatures: list[float] | None = None) -> Outcome:
+    """Addition length generalisation (``addition_lengthgen`` runs): exact match per operand length under
+    the ``headline`` knob (columns "<n> digits", "in-dist"), the attention temperature chosen on the
+    validation length, steps and training CPU seconds. Every knob's figures (last weights, best on
+    validation, best + temperature) go to the run's lengthgen.json for ``lengthgen_report``.
+    See ``scratchformer.lengthgen``."""
+    from ..lengthgen import TEMPERATURES, run_outcome
+
+    return Outcome(metrics=run_outcome(ctx.run_dir, ctx.trainer_results(), headline, temperatures or TEMPERATURES))
+
+
+def _check_lengthgen(headline: str = "best+temp", **_: Any) -> None:
+    from ..lengthgen import KNOBS
+
+    if headline not in KNOBS:
+        raise unknown_name("lengthgen headline knob", headline, KNOBS)
+
+
+def lengthgen_report(ctx: ExperimentContext, knobs: list[str] | None = None, train_max: int = 10) -> Section:
+    """Per knob: a table of exact match per operand length (median [min–max] over seeds) for every
+    variant, and a plot (one line per variant, min–max band, the training lengths shaded)."""
+    from ..lengthgen import KNOBS, length_tables, plot_lengths
+
+    parts, plots = [], []
+    for knob in knobs or list(KNOBS):
+        table, series = length_tables(ctx.run_dirs, knob)
+        if not series:
+            continue
+        name = f"plots/lengthgen_{knob.replace('+', '_')}.png"
+        plot_lengths(series, train_max, ctx.out_dir / name, f"exact match by operand length ({knob})")
+        parts += [f"**{knob}** (exact match %, median [min–max] over seeds):", "", table, "", f"![{knob}]({name})", ""]
+        plots.append(name)
+    about = ("Knobs: `last` = final weights; `best` = the checkpoint best on the validation length "
+             "(just past training); `best+temp` = that checkpoint with the attention-logit temperature chosen "
+             "on the same validation length.")
+    return Section(title="Exact match by operand length", markdown="\n".join([about, "", *parts]), plots=[])
+
+
 # ---------------------------------------------------------------------- the registry
 EVALUATIONS: dict[str, Evaluation] = {
     "final_metrics": Evaluation(final_metrics, "run", "the trainer's final metrics per split, and training time"),
     "parameters": Evaluation(parameters, "run", "the model's parameter count"),
     "by_length": Evaluation(by_length, "run", "accuracy per problem length, with range columns", _check_by_length),
     "decoding_strategies": Evaluation(decoding_strategies, "run", "exact match of several decoding strategies"),
+    "lengthgen": Evaluation(lengthgen, "run", "addition exact match per operand length under each inference knob",
+                            _check_lengthgen),
+    "lengthgen_report": Evaluation(lengthgen_report, "experiment",
+                                   "per-length tables and plots over seeds with the training range shaded"),
 }
 
 

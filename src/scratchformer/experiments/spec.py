@@ -17,6 +17,7 @@ An experiment file is TOML::
 
     [variants.plus-mlp]
     extends = "attention-only"  # start from another variant's settings (a ladder)
+    seeds = [0]                 # optional: this variant's own seeds in the full version
     model = { use_mlp = true }
 
     [quick]                     # the reduced version (`--quick`): its own seeds, variants, settings
@@ -54,7 +55,7 @@ from ..train.config import RunConfig, apply_overrides, merge
 TOP_KEYS = ("name", "description", "time", "quick_time", "seeds", "base", "variants", "quick", "evaluations",
             "target", "notes")
 SECTION_KEYS = ("model", "task", "train")
-VARIANT_KEYS = ("about", "extends", *SECTION_KEYS)
+VARIANT_KEYS = ("about", "extends", "seeds", *SECTION_KEYS)
 QUICK_KEYS = ("seeds", "variants", *SECTION_KEYS)
 TARGET_KEYS = ("metric", "at_least", "at_most", "variant", "about")
 
@@ -66,6 +67,7 @@ class Variant:
     name: str
     about: str
     config: dict[str, Any]
+    seeds: list[int] | None = None  # the full version's seeds for this variant (None: the experiment's)
 
 
 @dataclass
@@ -164,7 +166,8 @@ class Experiment:
         runs: list[PlannedRun] = []
         for v in variants:
             data = merge(merge(self.base, v.config), quick_config)
-            for seed in chosen_seeds:
+            own = v.seeds is not None and not quick and seeds is None  # --quick and --seeds win
+            for seed in (v.seeds if own else chosen_seeds):
                 try:
                     cfg_data = apply_overrides({**data, "seed": seed, "name": None}, overrides)
                     if cfg_data.get("seed") != seed:
@@ -261,7 +264,8 @@ def parse_experiment(data: Mapping[str, Any], source: Path, name: str | None = N
                                   f"{did_you_mean(str(parent), resolved)}")
             config = merge(resolved[parent], config)
         resolved[vname] = config
-        variants.append(Variant(name=vname, about=str(raw.get("about", "")), config=config))
+        vseeds = _seeds(f"{vwhere} seeds", raw["seeds"]) if "seeds" in raw else None
+        variants.append(Variant(name=vname, about=str(raw.get("about", "")), config=config, seeds=vseeds))
     quick = _table(f"{where}: [quick]", data.get("quick", {}))
     _check_keys(f"{where}: [quick]", quick, QUICK_KEYS)
     if "seeds" in quick:

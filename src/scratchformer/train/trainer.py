@@ -188,6 +188,7 @@ def train_loop(state: TrainState) -> TrainResult:
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
     state.raw_model.train()
     window = LogWindow(time.perf_counter())
+    cpu_start = time.process_time()  # this process's CPU time: on a shared machine, what the run cost
     try:
         while state.step < tc.steps:
             state.step += 1
@@ -204,11 +205,12 @@ def train_loop(state: TrainState) -> TrainResult:
     finally:
         bar.close()
     elapsed = time.perf_counter() - window.start
+    cpu_s = time.process_time() - cpu_start
     results = final_evaluation(state, log)
     log.close()
     if info.is_main:
         save_json(state.run_dir / "results.json",
-                  {"step": state.step, "elapsed_s": elapsed, "splits": results, "best": state.best})
+                  {"step": state.step, "elapsed_s": elapsed, "cpu_s": cpu_s, "splits": results, "best": state.best})
     return TrainResult(run_dir=state.run_dir, step=state.step, metrics=results, best=state.best, elapsed_s=elapsed)
 
 
