@@ -217,12 +217,14 @@ class PlacePositions(PositionalEncoding):
 
     Needs ``position_ids`` from the caller (the default 0..T-1 would treat
     token indices as places). ``table="sinusoidal"`` uses the fixed sine
-    table instead of trained vectors (then no offset is needed for untrained
-    ids, but one still helps the model not to rely on absolute places).
+    table instead of trained vectors, multiplied by ``scale`` (then no offset
+    is needed for untrained ids, but one still helps the model not to rely on
+    absolute places).
     """
 
     def __init__(
-        self, *, d_model: int, n_head: int, max_len: int, max_offset: int = 0, table: str = "learned"
+        self, *, d_model: int, n_head: int, max_len: int, max_offset: int = 0, table: str = "learned",
+        scale: float = 1.0,
     ) -> None:
         super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
         if isinstance(max_offset, bool) or not isinstance(max_offset, int) or not 0 <= max_offset < max_len:
@@ -232,7 +234,8 @@ class PlacePositions(PositionalEncoding):
             self.weight = nn.Parameter(torch.empty(max_len, d_model))
             nn.init.normal_(self.weight, std=0.02)
         elif table == "sinusoidal":
-            self.register_buffer("weight", vaswani_table(max_len, d_model), persistent=False)
+            # scale: the raw table's rows have norm sqrt(C/2), which can drown small token embeddings
+            self.register_buffer("weight", scale * vaswani_table(max_len, d_model), persistent=False)
         else:
             raise ConfigError(f"place positions: table={table!r} must be 'learned' or 'sinusoidal'")
 
