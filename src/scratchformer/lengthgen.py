@@ -192,7 +192,7 @@ def run_outcome(run_dir: Any, trainer_results: dict[str, Any], headline: str = "
     """
     from pathlib import Path
 
-    from .config import save_json
+    from .io import save_json
 
     if headline not in KNOBS:
         raise unknown_name("knob", headline, KNOBS)
