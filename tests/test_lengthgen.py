@@ -39,7 +39,7 @@ def test_every_method_of_the_experiment_builds_its_format_and_positions():
     """Each variant of addition-lengthgen is a format and a positional encoding the model accepts."""
     exp = load_experiment("addition-lengthgen")
     plan = exp.plan()
-    assert {"coupled", "abacus", "hints-nope"} <= set(plan.variants)
+    assert {"coupled", "coupled-rope", "abacus", "hints-nope"} <= set(plan.variants)
     for pos in ("learned", "sinusoidal", "rope", "alibi", "nope"):
         assert {f"{pos}-plain", f"{pos}-reversed"} <= set(plan.variants)
     for run in plan.runs:
@@ -185,3 +185,28 @@ def test_generate_writes_the_users_problem_in_the_format_and_reads_the_answer_ba
     assert result["raw"] == task.encode(a, b)[0].answer
     assert task.present_answer(task.format_prompt(f"{a}+{b}="), result["raw"]).text == result["answer"]
     assert task.format_prompt(f"{a}+{b}=") == result["prompt"]
+
+
+def test_place_rope_scores_depend_only_on_the_difference_of_place_ids():
+    torch.manual_seed(0)
+    pos = build_positional("place_rope", d_model=16, n_head=2, max_len=100)
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8)
+    from scratchformer.nn.attention import apply_rotary
+
+    def score(iq: int, ik: int) -> torch.Tensor:
+        cq, sq = pos.rotary(0, 1, torch.device("cpu"), torch.tensor([[iq]]))
+        ck, sk = pos.rotary(0, 1, torch.device("cpu"), torch.tensor([[ik]]))
+        return (apply_rotary(q, cq, sq) * apply_rotary(k, ck, sk)).sum(-1)
+
+    assert torch.allclose(score(3, 2), score(53, 52), atol=1e-5)
+    assert not torch.allclose(score(3, 2), score(3, 3), atol=1e-3)
+    cos, _ = pos.rotary(0, 4, torch.device("cpu"), torch.tensor([[0, 1, 2, 3]]))
+    assert torch.equal(cos[0, 0], pos.rotary(0, 4, torch.device("cpu"))[0])  # ids 0..T-1: plain RoPE
+    task = build_task("addition_lengthgen", format="coupled", train_examples=64, val_examples_per_length=4,
+                      test_examples_per_length=4, in_dist_examples=0)
+    model = GPT(GPTConfig(vocab_size=task.tokenizer.vocab_size, d_model=16, n_head=2, n_layer=1,
+                          max_len=task.config.max_length, positional="place_rope"))
+    batch = task.collate([task.dataset("train")[i] for i in range(4)])
+    moved = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"] + 7)
+    same = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    assert torch.allclose(moved, same, atol=1e-4)  # shifting every id by one amount changes nothing

@@ -75,7 +75,8 @@ class GPT(nn.Module):
         attention_mask = drop_full_mask(attention_mask)  # no padding: the fused causal path
         x = self.embed(input_ids, start, position_ids)  # (B, T, C)
         x, attentions = self.decoder(
-            x, self.embed.pos, start, key_padding=attention_mask, cache=cache, need_weights=output_attentions
+            x, self.embed.pos, start, key_padding=attention_mask, cache=cache, need_weights=output_attentions,
+            positions=position_ids,
         )
         if keep:
             x = x[:, -keep:]  # (B, logits_to_keep, C)

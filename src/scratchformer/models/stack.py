@@ -127,10 +127,11 @@ class Stack(nn.Module):
         context_padding: Tensor | None = None,
         cache: ModelCache | None = None,
         need_weights: bool = False,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, list[dict[str, Tensor]]]:
         T = x.size(1)
         S = start + T
-        rope = pos.rotary(start, T, x.device)
+        rope = pos.rotary(start, T, x.device, positions)  # positions: a task's (B, T) ids, for place_rope
         bias = pos.attention_bias(start, T, S, self.causal, x.device)
         attentions = []
         for i, block in enumerate(self.blocks):

@@ -300,7 +300,7 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x (B, H, T, D) by the angles whose cos/sin are (T, D)."""
+    """Rotate x (B, H, T, D) by the angles whose cos/sin are (T, D) (or (B, 1, T, D), per row)."""
     return x * cos + rotate_half(x) * sin
 
 

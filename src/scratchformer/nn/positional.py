@@ -38,7 +38,11 @@ class PositionalEncoding(nn.Module):
         """x: (B, T, C); positions: (T,) or (B, T) absolute indices. Returns (B, T, C)."""
         return x
 
-    def rotary(self, start: int, T: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    def rotary(
+        self, start: int, T: int, device: torch.device, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor] | None:
+        """cos/sin tables for positions start..start+T-1, each (T, D); a scheme that rotates by the
+        caller's ``positions`` (B, T) returns (B, 1, T, D) tables instead."""
         return None
 
     def attention_bias(self, start: int, T: int, S: int, causal: bool, device: torch.device) -> Tensor | None:
@@ -171,8 +175,31 @@ class RotaryPositions(PositionalEncoding):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def rotary(self, start: int, T: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    def rotary(
+        self, start: int, T: int, device: torch.device, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         return self.cos[start : start + T], self.sin[start : start + T]  # 2 x (T, D)
+
+
+class PlaceRotary(RotaryPositions):
+    """RoPE by the caller's place-value ids: scores depend on the difference of two tokens' ids.
+
+    Position coupling (tasks/lengthgen.py) with rotary instead of learned
+    vectors: a query of place i meets the keys of place i (and i - 1, for the
+    carry) at the same id difference whatever i is, so no id needs to have
+    been trained and no random offset is needed. Without ``positions`` it is
+    plain RoPE. No key/value cache: decoding must pass every id again.
+    """
+
+    supports_cache = False
+
+    def rotary(
+        self, start: int, T: int, device: torch.device, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if positions is None:
+            return super().rotary(start, T, device)
+        rows = positions.view(-1, positions.size(-1))  # (B or 1, T)
+        return self.cos[rows][:, None], self.sin[rows][:, None]  # 2 x (B, 1, T, D)
 
 
 def alibi_slopes(n_head: int) -> Tensor:
@@ -261,6 +288,7 @@ POSITIONAL: dict[str, type[PositionalEncoding]] = {
     "rope": RotaryPositions,
     "alibi": ALiBiPositions,
     "place": PlacePositions,
+    "place_rope": PlaceRotary,
 }
 
 
