@@ -27,7 +27,8 @@ from torch import nn
 
 from .errors import unknown_name
 from .tasks.base import Task
-from .train.losses import lm_loss, teacher_forced_exact_match
+from .evaluate import teacher_forced_exact_match
+from .losses import lm_loss
 
 logger = logging.getLogger(__name__)
 
