@@ -46,7 +46,7 @@ def test_every_method_of_the_experiment_builds_its_format_and_positions():
         assert run.config.task.format in FORMATS
         build_positional(run.config.model.positional, d_model=8, n_head=2, max_len=200,
                          **run.config.model.positional_options)
-    assert [r.seed for r in plan.runs if r.variant == "coupled"] == [0, 1, 2]
+    assert [r.seed for r in plan.runs if r.variant == "coupled-rope"] == [0, 1, 2]
     assert [r.seed for r in plan.runs if r.variant == "abacus"] == [0]  # a variant's own seeds
     assert {r.seed for r in exp.plan(seeds=[4, 5]).runs} == {4, 5}  # --seeds wins
 
