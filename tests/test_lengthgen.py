@@ -39,14 +39,14 @@ def test_every_method_of_the_experiment_builds_its_format_and_positions():
     """Each variant of addition-lengthgen is a format and a positional encoding the model accepts."""
     exp = load_experiment("addition-lengthgen")
     plan = exp.plan()
-    assert {"coupled", "coupled-rope", "abacus", "hints-nope"} <= set(plan.variants)
+    assert {"coupled", "coupled-rope", "coupled-rope-window", "abacus", "hints-nope"} <= set(plan.variants)
     for pos in ("learned", "sinusoidal", "rope", "alibi", "nope"):
         assert {f"{pos}-plain", f"{pos}-reversed"} <= set(plan.variants)
     for run in plan.runs:
         assert run.config.task.format in FORMATS
         build_positional(run.config.model.positional, d_model=8, n_head=2, max_len=200,
                          **run.config.model.positional_options)
-    assert [r.seed for r in plan.runs if r.variant == "coupled-rope"] == [0, 1, 2]
+    assert [r.seed for r in plan.runs if r.variant == "coupled-rope-window"] == [0, 1, 2]
     assert [r.seed for r in plan.runs if r.variant == "abacus"] == [0]  # a variant's own seeds
     assert {r.seed for r in exp.plan(seeds=[4, 5]).runs} == {4, 5}  # --seeds wins
 
@@ -210,3 +210,14 @@ def test_place_rope_scores_depend_only_on_the_difference_of_place_ids():
     moved = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"] + 7)
     same = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
     assert torch.allclose(moved, same, atol=1e-4)  # shifting every id by one amount changes nothing
+
+
+def test_place_rope_window_hides_keys_whose_place_ids_are_far():
+    pos = build_positional("place_rope", d_model=8, n_head=2, max_len=50, window=1)
+    ids = torch.tensor([[0, 3, 2, 1, 0, 1, 2, 3]])
+    bias = pos.attention_bias(0, 8, 8, True, torch.device("cpu"), ids)[0, 0]  # (T, S)
+    far = (ids[0][:, None] - ids[0][None, :]).abs() > 1
+    assert torch.equal(torch.isinf(bias), far) and (bias[~far] == 0).all()
+    assert pos.attention_bias(0, 8, 8, True, torch.device("cpu")) is None  # no ids: no window
+    with pytest.raises(ConfigError, match="window"):
+        build_positional("place_rope", d_model=8, n_head=2, max_len=50, window=-1)

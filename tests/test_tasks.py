@@ -55,6 +55,7 @@ def test_registry_has_every_task():
         "difference_sign",
         "addition_seq2seq",
         "addition_gpt",
+        "addition_lengthgen",
         "text_lm",
         "text_lines_lm",
         "text_classification",

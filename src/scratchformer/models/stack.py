@@ -132,7 +132,7 @@ class Stack(nn.Module):
         T = x.size(1)
         S = start + T
         rope = pos.rotary(start, T, x.device, positions)  # positions: a task's (B, T) ids, for place_rope
-        bias = pos.attention_bias(start, T, S, self.causal, x.device)
+        bias = pos.attention_bias(start, T, S, self.causal, x.device, positions)
         attentions = []
         for i, block in enumerate(self.blocks):
             x, w = block(

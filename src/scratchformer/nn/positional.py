@@ -45,7 +45,10 @@ class PositionalEncoding(nn.Module):
         caller's ``positions`` (B, T) returns (B, 1, T, D) tables instead."""
         return None
 
-    def attention_bias(self, start: int, T: int, S: int, causal: bool, device: torch.device) -> Tensor | None:
+    def attention_bias(
+        self, start: int, T: int, S: int, causal: bool, device: torch.device, positions: Tensor | None = None
+    ) -> Tensor | None:
+        """A bias for the scores, (H, T, S) (or (B, 1, T, S) from the caller's ``positions``), or None."""
         return None
 
 
@@ -189,9 +192,30 @@ class PlaceRotary(RotaryPositions):
     carry) at the same id difference whatever i is, so no id needs to have
     been trained and no random offset is needed. Without ``positions`` it is
     plain RoPE. No key/value cache: decoding must pass every id again.
+
+    ``window`` > 0 also masks every key whose id differs from the query's by
+    more than ``window`` (given ``positions``): attention then only ever sees
+    id differences that training showed, however long the problem.
     """
 
     supports_cache = False
+
+    def __init__(self, *, d_model: int, n_head: int, max_len: int, base: float = 10000.0, window: int = 0) -> None:
+        super().__init__(d_model=d_model, n_head=n_head, max_len=max_len, base=base)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise ConfigError(f"place_rope: window={window!r} must be an int >= 0 (0: no window)")
+        self.window = window
+
+    def attention_bias(
+        self, start: int, T: int, S: int, causal: bool, device: torch.device, positions: Tensor | None = None
+    ) -> Tensor | None:
+        if not self.window or positions is None:
+            return None
+        if start or S != T:
+            raise ValueError("place_rope with a window needs the whole sequence at once (no cache)")
+        rows = positions.view(-1, T)  # (B or 1, T)
+        far = (rows[:, :, None] - rows[:, None, :]).abs() > self.window  # (B, T, S)
+        return torch.zeros(far.shape, device=device).masked_fill(far, float("-inf"))[:, None]  # (B, 1, T, S)
 
     def rotary(
         self, start: int, T: int, device: torch.device, positions: Tensor | None = None
@@ -225,7 +249,9 @@ class ALiBiPositions(PositionalEncoding):
         super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
         self.register_buffer("slopes", alibi_slopes(n_head), persistent=False)
 
-    def attention_bias(self, start: int, T: int, S: int, causal: bool, device: torch.device) -> Tensor:
+    def attention_bias(
+        self, start: int, T: int, S: int, causal: bool, device: torch.device, positions: Tensor | None = None
+    ) -> Tensor:
         q = torch.arange(start, start + T, device=device)[:, None]  # (T, 1)
         k = torch.arange(S, device=device)[None, :]  # (1, S)
         distance = (q - k).abs().float()  # (T, S); only k <= q survive a causal mask
