@@ -98,49 +98,6 @@ def choose_temperature(
     return best, scores
 
 
-# ---------------------------------------------------------------------- answering a user's problem
-@torch.no_grad()
-def greedy_answer(model: nn.Module, task_config: dict[str, Any], tokenizer: Any, text: str) -> dict[str, str]:
-    """Solve ``"123+456="`` (ordinary numbers) with a run of ``addition_lengthgen``.
-
-    The problem is written in the run's format (reversed, place ids, hints),
-    decoded greedily token by token (place-value formats give each new token
-    its id), and the model's answer read back as an ordinary number.
-
-    Returns:
-        {"prompt": the model's prompt, "raw": what the model wrote,
-         "answer": the sum it means (or "?" when unreadable)}.
-    """
-    from .tasks.lengthgen import EOS, context_length, get_format, parse_user_problem
-
-    fmt = get_format(task_config.get("format", "coupled"))
-    a, b = parse_user_problem(text)
-    enc = fmt.encode(a, b)
-    prompt = list(enc.tokens[: enc.prompt_length])
-    ids = [tokenizer.token_to_id(t) for t in prompt]
-    place = list(fmt.prompt_position_ids(a, b)) if fmt.place_ids else None
-    limit = getattr(getattr(model, "config", None), "max_len", None)
-    needed = context_length(fmt, max(len(a), len(b)))
-    if limit is not None and needed > limit:
-        raise ValueError(f"{len(a)}- and {len(b)}-digit operands need {needed} tokens; this model holds {limit}")
-    per_digit = 2 if fmt.hints else 1
-    eos = tokenizer.token_to_id(EOS)
-    written: list[int] = []
-    for k in range(per_digit * (max(len(a), len(b)) + 1) + 1):
-        x = torch.tensor([ids + written])
-        positions = None
-        if place is not None:
-            positions = torch.tensor([place + [fmt.answer_position_id(j) for j in range(len(written))]])
-        logits = model(x, None, positions)  # (1, T, V)
-        token = int(logits[0, -1].argmax())
-        if token == eos:
-            break
-        written.append(token)
-    raw = tokenizer.decode(written)
-    answer = fmt.read_answer(raw)
-    return {"prompt": "".join(prompt[1:]), "raw": raw, "answer": "?" if answer is None else answer}
-
-
 # ---------------------------------------------------------------------- one run, every knob
 KNOBS = ("last", "best", "best+temp")
 """How a run is scored: final weights; weights best on the validation length; those with the chosen temperature."""

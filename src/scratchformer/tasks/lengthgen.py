@@ -454,9 +454,7 @@ class AdditionLengthgenTask(PrebuiltSplitsTask, GenerativeTask):
 
     def answer_user_problem(self, model: Any, text: str) -> dict[str, str]:
         """``scratchformer generate`` on a run of this task: greedy decoding that gives place-value
-        formats their position ids; see ``scratchformer.lengthgen.greedy_answer``."""
-        from scratchformer.lengthgen import greedy_answer
-
+        formats their position ids; see :func:`greedy_answer`."""
         return greedy_answer(model, self.config.to_dict(), self.tokenizer, text)
 
     def check_answer(self, prompt: str | Sequence[int], generated_text: str) -> bool:
@@ -464,3 +462,48 @@ class AdditionLengthgenTask(PrebuiltSplitsTask, GenerativeTask):
         text = prompt if isinstance(prompt, str) else self.tokenizer.decode(list(prompt))
         a, b = self.format.read_prompt(text)
         return self.format.read_answer(generated_text.replace("<pad>", "")) == str(int(a) + int(b))
+
+
+# ---------------------------------------------------------------------- answering a user's problem
+def greedy_answer(model: Any, task_config: dict[str, Any], tokenizer: Any, text: str) -> dict[str, str]:
+    """Solve ``"123+456="`` (ordinary numbers) with a model trained on ``addition_lengthgen``.
+
+    The problem is written in the run's format (reversed, padded, place ids,
+    hints), decoded greedily token by token with the whole sequence each step
+    (place-value formats give each new token its id), and the model's answer
+    read back as an ordinary number.
+
+    Returns:
+        {"prompt": the model's prompt, "raw": what the model wrote,
+         "answer": the sum it means (or "?" when unreadable)}.
+    Raises:
+        ValueError: the problem does not fit the model's context.
+    """
+    import torch
+
+    fmt = get_format(task_config.get("format", "coupled"))
+    a, b = parse_user_problem(text)
+    enc = fmt.encode(a, b)
+    prompt = list(enc.tokens[: enc.prompt_length])
+    ids = [tokenizer.token_to_id(t) for t in prompt]
+    place = list(fmt.prompt_position_ids(a, b)) if fmt.place_ids else None
+    limit = getattr(getattr(model, "config", None), "max_len", None)
+    needed = context_length(fmt, max(len(a), len(b)))
+    if limit is not None and needed > limit:
+        raise ValueError(f"{len(a)}- and {len(b)}-digit operands need {needed} tokens; this model holds {limit}")
+    eos = tokenizer.token_to_id(EOS)
+    longest_answer = (2 if fmt.hints else 1) * (max(len(a), len(b)) + 1)
+    written: list[int] = []
+    with torch.no_grad():
+        while len(written) <= longest_answer:
+            positions = None
+            if place is not None:
+                positions = torch.tensor([place + [fmt.answer_position_id(j) for j in range(len(written))]])
+            logits = model(torch.tensor([ids + written]), None, positions)  # (1, T, V)
+            token = int(logits[0, -1].argmax())
+            if token == eos:
+                break
+            written.append(token)
+    raw = tokenizer.decode(written)
+    answer = fmt.read_answer(raw)
+    return {"prompt": "".join(prompt[1:]), "raw": raw, "answer": "?" if answer is None else answer}
