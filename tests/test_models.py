@@ -570,3 +570,28 @@ def test_scale_embeddings_applies_to_every_architecture(cls):
     ids = torch.tensor([[1, 2, 6]])
     for e in embedders:
         torch.testing.assert_close(e(ids), e.tok.weight[ids] * 4.0)  # sqrt(16)
+
+
+def test_tutorial_adder_switches_reproduce_its_parameter_count_and_initialisation():
+    """The GPT tutorial's adder (2 layers, width 128, 4 heads, FFN 256, vocabulary 18, 11 positions) has
+    270,226 parameters: attention without bias, feed-forward with bias, post-norm blocks plus a final
+    LayerNorm, an untied head with a bias; Xavier-uniform for every matrix."""
+    import math
+
+    from scratchformer.models import GPT, GPTConfig
+
+    cfg = dict(vocab_size=18, d_model=128, n_head=4, n_layer=2, d_ff=256, max_len=11, norm_first=False,
+               activation="relu", tie_embeddings=False, attn_bias=False, final_norm=True, lm_head_bias=True)
+    model = GPT(GPTConfig(**cfg, init="xavier"))
+    assert sum(p.numel() for p in model.parameters()) == 270_226
+    assert model.decoder.blocks[0].attn.in_proj.bias is None and model.decoder.blocks[0].mlp.up.bias is not None
+    assert not isinstance(model.decoder.final_norm, torch.nn.Identity) and model.lm_head.bias is not None
+    w = model.decoder.blocks[1].mlp.up.weight.detach()  # (256, 128): Xavier bound sqrt(6 / (128 + 256))
+    bound = math.sqrt(6 / (128 + 256))
+    assert 0.9 * bound < float(w.abs().max()) <= bound
+    normal = GPT(GPTConfig(**cfg))
+    assert float(normal.decoder.blocks[1].mlp.up.weight.std()) == pytest.approx(0.02, rel=0.1)
+    from scratchformer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="init"):
+        GPTConfig(init="kaiming")

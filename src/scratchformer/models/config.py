@@ -20,6 +20,14 @@ class TransformerConfig(Config):
     The ablation ladder is a walk through four switches: ``use_mlp``,
     ``positional`` ("none" to drop positions), ``norm`` ("none" to drop it)
     and ``use_residual``; "deeper" is ``n_layer``.
+
+    ``bias`` is every Linear's and norm's bias; ``attn_bias`` (None: as
+    ``bias``) overrides it for the attention projections (the GPT tutorial's
+    attention has none, its feed-forward has). ``final_norm`` (None: only
+    for pre-norm stacks) puts a norm after the last block. ``init`` is
+    "normal" (N(0, init_std) for Linear and Embedding weights) or "xavier"
+    (Xavier-uniform for every parameter with two or more dimensions, as the
+    GPT tutorial initialises).
     """
 
     vocab_size: int = 64
@@ -38,6 +46,9 @@ class TransformerConfig(Config):
     use_mlp: bool = True
     use_residual: bool = True
     bias: bool = True
+    attn_bias: bool | None = None
+    final_norm: bool | None = None
+    init: Literal["normal", "xavier"] = "normal"
     attn_impl: Literal["fused", "reference"] = "fused"
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model)
     tie_embeddings: bool = False
@@ -64,6 +75,10 @@ class TransformerConfig(Config):
         self._choice("norm", NORMS)
         self._choice("activation", ACTIVATIONS)
         self._choice("attn_impl", ["fused", "reference"])
+        self._choice("init", ["normal", "xavier"])
+        for name in ("attn_bias", "final_norm"):
+            if getattr(self, name) not in (None, True, False):
+                raise ConfigError(f"{type(self).__name__}.{name} must be true, false or null, got {getattr(self, name)!r}")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
         if self.positional == "rope" and (self.d_model // self.n_head) % 2:
@@ -82,6 +97,7 @@ class GPTConfig(TransformerConfig):
     activation: str = "gelu"
     tie_embeddings: bool = True
     dropout: float = 0.0
+    lm_head_bias: bool = False  # the GPT tutorial's head has one
 
 
 @dataclass

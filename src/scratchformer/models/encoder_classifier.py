@@ -49,7 +49,7 @@ class EncoderClassifier(nn.Module):
         self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
         self.head_dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.d_model, config.num_classes)
-        init_weights(self, config.init_std)
+        init_weights(self, config.init_std, config.init)
 
     def encode(
         self,

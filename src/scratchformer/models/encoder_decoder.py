@@ -36,7 +36,7 @@ class EncoderDecoder(nn.Module):
         self.decoder = Stack(config, config.n_decoder_layer, causal=True, cross_attention=True)
         # tied: logits reuse the target embedding rows, so there is no separate head
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
-        init_weights(self, config.init_std)
+        init_weights(self, config.init_std, config.init)
         if config.tie_encoder_decoder_embeddings:
             self.tgt_embed.tok.weight = self.src_embed.tok.weight
 

@@ -28,8 +28,8 @@ class GPT(nn.Module):
         self.config = config
         self.embed = Embedder(config, config.vocab_size)
         self.decoder = Stack(config, config.n_layer, causal=True)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        init_weights(self, config.init_std)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
+        init_weights(self, config.init_std, config.init)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.tok.weight
 

@@ -34,17 +34,24 @@ def block_spec(cfg: TransformerConfig) -> BlockSpec:
         use_mlp=cfg.use_mlp,
         use_residual=cfg.use_residual,
         bias=cfg.bias,
+        attn_bias=cfg.bias if cfg.attn_bias is None else cfg.attn_bias,
         attn_impl=cfg.attn_impl,
     )
 
 
-def init_weights(module: nn.Module, std: float) -> None:
-    """Normal(0, std) for Linear and Embedding weights, zero biases; norms keep (1, 0)."""
+def init_weights(module: nn.Module, std: float, scheme: str = "normal") -> None:
+    """"normal": Normal(0, std) for Linear and Embedding weights, zero biases; norms keep (1, 0).
+    "xavier": then Xavier-uniform for every parameter with two or more dimensions (embeddings and
+    learned positions too), as the GPT tutorial does."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=std)
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
+    if scheme == "xavier":
+        for p in module.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
 
 
 class Embedder(nn.Module):
@@ -108,13 +115,14 @@ class ModelCache:
 
 
 class Stack(nn.Module):
-    """N blocks, then the final norm when the blocks are pre-norm."""
+    """N blocks, then the final norm (by default when the blocks are pre-norm; ``cfg.final_norm`` decides)."""
 
     def __init__(self, cfg: TransformerConfig, n_layer: int, causal: bool, cross_attention: bool = False) -> None:
         super().__init__()
         spec = block_spec(cfg)
         self.blocks = nn.ModuleList(Block(spec, causal, cross_attention) for _ in range(n_layer))
-        self.final_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if cfg.norm_first else nn.Identity()
+        final = cfg.norm_first if cfg.final_norm is None else cfg.final_norm
+        self.final_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if final else nn.Identity()
         self.causal = causal
 
     def forward(

@@ -36,6 +36,7 @@ class BlockSpec:
     use_mlp: bool = True
     use_residual: bool = True
     bias: bool = True
+    attn_bias: bool = True
     attn_impl: AttentionImpl = "fused"
 
 
@@ -67,7 +68,7 @@ class Block(nn.Module):
         super().__init__()
 
         def mha(is_causal: bool) -> MultiHeadAttention:
-            return MultiHeadAttention(spec.d_model, spec.n_head, spec.dropout, spec.bias, spec.attn_impl, is_causal)
+            return MultiHeadAttention(spec.d_model, spec.n_head, spec.dropout, spec.attn_bias, spec.attn_impl, is_causal)
 
         def norm() -> nn.Module:
             return build_norm(spec.norm, spec.d_model, spec.norm_eps, spec.bias)
