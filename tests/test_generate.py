@@ -569,6 +569,7 @@ def test_decode_step_equals_forward_on_a_left_padded_batch(positional):
         dict(bias=False, tie_embeddings=False),
         dict(attn_impl="reference", positional="alibi"),
         dict(scale_embeddings=True, positional="sinusoidal"),
+        dict(positional="learned", positional_options={"scale": 0.125}),
         dict(norm_eps=1e-3, n_layer=3, n_head=2),
         # the GPT tutorial's adder: post-norm with a final norm, no attention bias, a head bias, Xavier
         dict(norm_first=False, final_norm=True, attn_bias=False, lm_head_bias=True, tie_embeddings=False,

@@ -595,3 +595,16 @@ def test_tutorial_adder_switches_reproduce_its_parameter_count_and_initialisatio
 
     with pytest.raises(ConfigError, match="init"):
         GPTConfig(init="kaiming")
+
+
+def test_learned_positions_scale_multiplies_the_added_vectors():
+    """Tutorial 000 adds its learned positions divided by sqrt(d_model): ``positional_options.scale``."""
+    from scratchformer.errors import ConfigError
+    from scratchformer.nn.positional import build_positional
+
+    pos = build_positional("learned", d_model=8, n_head=2, max_len=5, scale=8**-0.5)
+    x = torch.randn(2, 5, 8)
+    positions = torch.arange(5)
+    assert torch.allclose(pos.embed(x, positions), x + pos.weight[positions] / math.sqrt(8))
+    with pytest.raises(ConfigError, match="scale"):
+        build_positional("learned", d_model=8, n_head=2, max_len=5, scale=0)

@@ -38,6 +38,7 @@ class RunContext:
     seed: int
     config: RunConfig
     quick: bool
+    first_seed: bool = True  # the experiment's first seed: where per-run text (examples) is kept
     _run: Any = None
     _task: Any = None
 
@@ -226,6 +227,117 @@ def lengthgen_report(ctx: ExperimentContext, knobs: list[str] | None = None, tra
     return Section(title="Exact match by operand length", markdown="\n".join([about, "", *parts]), plots=[])
 
 
+def contamination(ctx: RunContext, split: str = "test", train_split: str | None = None, show: int = 3) -> Outcome:
+    """The fraction of ``split``'s problems that also occur in training (column
+    "<split> problems seen in training"), with a few of them listed."""
+    from ..tasks import task_contamination
+
+    report = task_contamination(ctx.task(), train_split, split)
+    text = ""
+    if ctx.first_seed:
+        listed = ", ".join(f"`{x}`" for x in report["examples"][:show])
+        text = (f"{report['count']} of {report['total']} {split} problems ({100 * report['fraction']:.1f}%) also occur in "
+                f"training{': ' + listed if listed else ''}.")
+    return Outcome(metrics={f"{split} problems seen in training": report["fraction"]}, text=text)
+
+
+def during_training(ctx: RunContext, split: str = "test", max_examples: int = 300, show: int = 3,
+                    batch_size: int = 256) -> Outcome:
+    """Greedy exact match of every saved checkpoint on the first ``max_examples`` problems of ``split``
+    (curve "<split> exact match by step"), and, for the first seed, up to ``show`` wrong answers at
+    each checkpoint, as the GPT tutorial prints them while it trains. The run must keep its
+    checkpoints (``train.checkpoint_every``, ``train.keep_checkpoints``)."""
+    from ..evaluate import generate_answers
+    from ..train.checkpoint import list_checkpoints, load_model_weights
+
+    run = ctx.run()
+    task = ctx.task()
+    tok = run.tokenizer or task.tokenizer
+    prompts = task.prompts(split)[:max_examples]
+    from ..train.run import load_run
+
+    model = load_run(ctx.run_dir).model  # a private copy: the checkpoints' weights go into it
+    curve: dict[float, float] = {}
+    lines = []
+    for path in list_checkpoints(ctx.run_dir):
+        step = int(path.name.rsplit("_", 1)[-1])
+        load_model_weights(model, path / "model.safetensors", run.arch)
+        model.eval()
+        answers = generate_answers(model, task, prompts, tokenizer=tok, batch_size=batch_size)
+        wrong = []
+        for p, new_ids in zip(prompts, answers):
+            if not task.check_answer(p.ids, tok.decode(new_ids)):
+                shown = tok.decode(list(p.ids), skip_special_tokens=True)
+                end = new_ids.index(tok.eos_token_id) if tok.eos_token_id in new_ids else len(new_ids)
+                got = task.present_answer(shown, tok.decode(new_ids[:end], skip_special_tokens=True)).text
+                wrong.append(f"`{shown}{got}` (correct: {task.present_answer(shown, p.answer).text})")
+        curve[step] = 1 - len(wrong) / len(prompts)
+        if ctx.first_seed:
+            shown = "; ".join(wrong[:show]) if wrong else "none wrong"
+            lines.append(f"| {step} | {100 * curve[step]:.1f}% | {shown} |")
+    text = ""
+    if lines:
+        text = "\n".join([f"Wrong answers during training ({split}, first {len(prompts)} problems, greedy):", "",
+                          "| step | exact match | some wrong answers |", "|---:|---:|---|", *lines])
+    return Outcome(curves={f"{split} exact match by step": curve}, text=text)
+
+
+# ---------------------------------------------------------------------- experiment evaluations
+def ask(ctx: ExperimentContext, prompts: list[str], variant: str | None = None) -> Section:
+    """Questions put to a trained run through the command line, `scratchformer generate RUN "PROMPT"`
+    (the tutorial's ``what_is``), with what it printed."""
+    import contextlib
+    import io
+    import shlex
+
+    from ..cli import main
+
+    plan = ctx.plan
+    variant = variant or plan.variants[-1]
+    run_dir = ctx.run_dirs[f"{variant}/seed{plan.seeds[0]}"]
+    lines = []
+    for prompt in prompts:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["generate", str(run_dir), prompt])
+        printed = (out.getvalue() + err.getvalue()).strip()
+        lines += [f"$ scratchformer generate {shlex.quote(str(run_dir))} {shlex.quote(prompt)}", printed]
+        if code != 0:
+            raise RuntimeError(f"`scratchformer generate {run_dir} {prompt}` failed: {printed}")
+    markdown = "\n".join([f"The run `{variant}` seed {plan.seeds[0]}, asked from the command line:", "", "```",
+                          *lines, "```"])
+    return Section(title="Asking the model", markdown=markdown)
+
+
+def tokenizer_counts(ctx: ExperimentContext) -> Section:
+    """The first run's tokenizer: each id, its token and, for a tokenizer fitted on a corpus
+    (``task.corpus()``), how often the token occurs there (the tutorial prints these counts)."""
+    from collections import Counter
+
+    from ..train.run import load_run
+
+    run_dir = next(iter(ctx.run_dirs.values()))
+    run = load_run(run_dir)
+    task = run.build_task()
+    tok = run.tokenizer
+    corpus = task.corpus() if hasattr(task, "corpus") else []
+    counts = Counter("".join(corpus))
+    specials = [i for i in range(tok.vocab_size) if len(tok.id_to_token(i)) > 1]
+    lines = [f"`{type(tok).__name__}`, vocabulary size {tok.vocab_size}"
+             + (f", fitted on the first {len(corpus)} training expressions: {len(counts)} characters, and the padding "
+                f"id (the tutorial's Keras tokenizer counts these {len(counts) + 1}); the other "
+                f"{len(specials) - 1} special ids are reserved by this tokenizer and never occur here."
+                if corpus else "."), "",
+             "| id | token | count in the corpus |", "|---:|---|---:|"]
+    for i in range(tok.vocab_size):
+        token = tok.id_to_token(i)
+        lines.append(f"| {i} | `{token}` | {counts.get(token, 0) if len(token) == 1 else '–'} |")
+    metrics = {"vocabulary size": float(tok.vocab_size)}
+    if corpus:
+        metrics["characters"] = float(len(counts))
+    return Section(title="The tokenizer", markdown="\n".join(lines), metrics=metrics)
+
+
 # ---------------------------------------------------------------------- the registry
 EVALUATIONS: dict[str, Evaluation] = {
     "final_metrics": Evaluation(final_metrics, "run", "the trainer's final metrics per split, and training time"),
@@ -236,6 +348,10 @@ EVALUATIONS: dict[str, Evaluation] = {
                             _check_lengthgen),
     "lengthgen_report": Evaluation(lengthgen_report, "experiment",
                                    "per-length tables and plots over seeds with the training range shaded"),
+    "contamination": Evaluation(contamination, "run", "the fraction of an evaluation split seen in training"),
+    "during_training": Evaluation(during_training, "run", "exact match and wrong answers at every checkpoint"),
+    "ask": Evaluation(ask, "experiment", "questions put to a run through `scratchformer generate`"),
+    "tokenizer_counts": Evaluation(tokenizer_counts, "experiment", "the tokenizer's ids and corpus frequencies"),
 }
 
 
@@ -252,7 +368,13 @@ def register_evaluation(name: str, scope: str, about: str, check: Callable[..., 
     return add
 
 
+def _load_experiment_specific() -> None:
+    """Import the modules whose evaluations belong to one experiment (they register themselves)."""
+    from . import warmup  # noqa: F401
+
+
 def get_evaluation(name: str) -> Evaluation:
+    _load_experiment_specific()
     if name not in EVALUATIONS:
         raise unknown_name("evaluation", name, EVALUATIONS)
     return EVALUATIONS[name]
@@ -281,6 +403,8 @@ def check_evaluation(spec: Any, where: str) -> None:
 
 
 def run_evaluation(spec: Any, ctx: Any) -> Any:
+    """Run ``spec`` (its ``--quick`` options when ``ctx.quick``) on ``ctx``."""
+    spec = spec.for_run(ctx.quick)
     return get_evaluation(spec.name).fn(ctx, **spec.options)
 
 

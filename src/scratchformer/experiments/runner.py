@@ -135,7 +135,7 @@ def _train_one(state: RunState, quick: bool) -> None:
 
 def _evaluate_one(state: RunState, plan: Plan) -> dict[str, Any]:
     ctx = RunContext(run_dir=state.run_dir, variant=state.planned.variant, seed=state.planned.seed,
-                     config=state.planned.config, quick=plan.quick)
+                     config=state.planned.config, quick=plan.quick, first_seed=state.planned.seed == plan.seeds[0])
     merged = Outcome()
     for spec in evaluations_in_scope(plan.experiment.evaluations, "run"):
         outcome: Outcome = run_evaluation(spec, ctx)

@@ -27,6 +27,7 @@ An experiment file is TOML::
     [[evaluations]]             # named evaluations from scratchformer.experiments.evaluations
     name = "by_length"
     split = "test"
+    quick = { max_per_length = 50 }   # options --quick changes
 
     [target]                    # optional: the figure the experiment aims for
     metric = "test 11..15"      # a column of the results table
@@ -72,10 +73,17 @@ class Variant:
 
 @dataclass
 class EvaluationSpec:
-    """One evaluation to run: a name in the registry and its options."""
+    """One evaluation to run: a name in the registry, its options, and the options ``--quick`` changes."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    quick_options: dict[str, Any] = field(default_factory=dict)
+
+    def for_run(self, quick: bool) -> EvaluationSpec:
+        """This evaluation with the ``quick`` options applied when ``quick``."""
+        if not quick or not self.quick_options:
+            return self
+        return EvaluationSpec(self.name, {**self.options, **self.quick_options})
 
 
 @dataclass
@@ -165,7 +173,7 @@ class Experiment:
         quick_config = {k: self.quick[k] for k in SECTION_KEYS if k in self.quick} if quick else {}
         runs: list[PlannedRun] = []
         for v in variants:
-            data = merge(merge(self.base, v.config), quick_config)
+            data = overlay(overlay(self.base, v.config), quick_config)
             own = v.seeds is not None and not quick and seeds is None  # --quick and --seeds win
             for seed in (v.seeds if own else chosen_seeds):
                 try:
@@ -173,6 +181,7 @@ class Experiment:
                     if cfg_data.get("seed") != seed:
                         raise ConfigError("seed is chosen by the experiment; use --seeds N instead of seed=...")
                     cfg = RunConfig.from_dict(cfg_data)  # builds the typed model and task configs: bad values fail now
+                    check_positional(cfg)
                 except ConfigError as e:
                     raise ConfigError(f"experiment {self.name!r}, variant {v.name!r}: {e}") from None
                 runs.append(PlannedRun(variant=v.name, seed=seed, config=cfg))
@@ -199,6 +208,30 @@ class Plan:
     variants: list[str]
     runs: list[PlannedRun]
     overrides: list[str]
+
+
+def overlay(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``merge`` (tables merge key by key, later values win), except that an empty table replaces:
+    ``positional_options = {}`` clears the options a variant would otherwise inherit."""
+    out = merge(dict(base), {k: v for k, v in update.items() if not (isinstance(v, Mapping) and not v)})
+    for key, value in update.items():
+        if isinstance(value, Mapping):
+            if not value:
+                out[key] = {}
+            elif isinstance(base.get(key), Mapping):
+                out[key] = overlay(base[key], value)
+    return out
+
+
+def check_positional(cfg: RunConfig) -> None:
+    """Build the model's positional encoding (small), so options it does not take fail now, not when
+    the run starts (the typed model config does not see inside ``positional_options``)."""
+    model = cfg.model
+    if hasattr(model, "positional") and hasattr(model, "positional_options"):
+        from ..nn.positional import build_positional
+
+        build_positional(model.positional, d_model=model.d_model, n_head=model.n_head,
+                         max_len=min(model.max_len, 64), **model.positional_options)
 
 
 # ---------------------------------------------------------------------- reading and checking
@@ -262,7 +295,7 @@ def parse_experiment(data: Mapping[str, Any], source: Path, name: str | None = N
                 hint = " (a variant may only extend one defined above it)" if parent in variants_table else ""
                 raise ConfigError(f"{vwhere}: extends = {parent!r}, which is not a variant{hint}"
                                   f"{did_you_mean(str(parent), resolved)}")
-            config = merge(resolved[parent], config)
+            config = overlay(resolved[parent], config)
         resolved[vname] = config
         vseeds = _seeds(f"{vwhere} seeds", raw["seeds"]) if "seeds" in raw else None
         variants.append(Variant(name=vname, about=str(raw.get("about", "")), config=config, seeds=vseeds))
@@ -282,8 +315,13 @@ def parse_experiment(data: Mapping[str, Any], source: Path, name: str | None = N
         raw = _table(f"{where}: evaluations[{i}]", raw)
         if "name" not in raw:
             raise ConfigError(f"{where}: evaluations[{i}] needs name = \"...\"")
-        spec = EvaluationSpec(name=str(raw.pop("name")), options=raw)
+        quick_options = _table(f"{where}: evaluations[{i}].quick", raw.pop("quick", {}))
+        spec = EvaluationSpec(name=str(raw.pop("name")), options=raw, quick_options=quick_options)
         check_evaluation(spec, f"{where}: evaluations[{i}]")
+        check_evaluation(spec.for_run(True), f"{where}: evaluations[{i}].quick")
+        if spec.options.get("variant") is not None and spec.options["variant"] not in resolved:
+            raise ConfigError(f"{where}: evaluations[{i}] names variant {spec.options['variant']!r}, which is not a "
+                              f"variant{did_you_mean(str(spec.options['variant']), resolved)}")
         evaluations.append(spec)
     target = None
     if "target" in data:

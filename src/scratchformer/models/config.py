@@ -102,7 +102,8 @@ class GPTConfig(TransformerConfig):
 
 @dataclass
 class EncoderClassifierConfig(TransformerConfig):
-    """Encoder + pooling + linear head."""
+    """Encoder + pooling + linear head. ``causal``: each position attends only to itself and the
+    positions before it (then the last position, the class token, still sees the whole input)."""
 
     num_classes: int = 2
     pooling: Literal["last", "first", "mean"] = "last"
@@ -110,6 +111,7 @@ class EncoderClassifierConfig(TransformerConfig):
     embed_norm: bool = False  # a norm of the embedding sum (BERT)
     pooler: bool = False  # a dense layer and pooler_activation on the pooled state before the head (BERT)
     pooler_activation: Literal["tanh", "relu"] = "tanh"  # BERT's tanh; DistilBERT's pre-classifier uses relu
+    causal: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,6 +120,8 @@ class EncoderClassifierConfig(TransformerConfig):
         self._choice("pooler_activation", ["tanh", "relu"])
         if isinstance(self.type_vocab_size, bool) or not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
             raise ConfigError(f"EncoderClassifierConfig.type_vocab_size must be an integer >= 0, got {self.type_vocab_size!r}")
+        if not isinstance(self.causal, bool):
+            raise ConfigError(f"EncoderClassifierConfig.causal must be true or false, got {self.causal!r}")
 
 
 @dataclass

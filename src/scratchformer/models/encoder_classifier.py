@@ -45,7 +45,7 @@ class EncoderClassifier(nn.Module):
         super().__init__()
         self.config = config
         self.embed = Embedder(config, config.vocab_size, config.type_vocab_size, config.embed_norm)
-        self.encoder = Stack(config, config.n_layer, causal=False)
+        self.encoder = Stack(config, config.n_layer, causal=config.causal)
         self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
         self.head_dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.d_model, config.num_classes)

@@ -191,7 +191,8 @@ class DecodeStep:
         self.max_len = embed.max_len
         self.tok, self.scale, self.pos, self.positions = embed.tok.weight, embed.scale, embed.pos, embed.positions
         # learned positions at the default ids start..S-1 are consecutive rows: a view, not a gather
-        self.pos_rows = embed.pos.weight if type(embed.pos) is LearnedPositions else None  # (max_len, C)
+        plain_rows = type(embed.pos) is LearnedPositions and embed.pos.scale == 1.0
+        self.pos_rows = embed.pos.weight if plain_rows else None  # (max_len, C)
         # the base class's rotary/attention_bias return None: skip the calls when a scheme keeps them
         self.has_rotary = type(embed.pos).rotary is not PositionalEncoding.rotary
         self.has_bias = type(embed.pos).attention_bias is not PositionalEncoding.attention_bias

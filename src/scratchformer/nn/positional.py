@@ -53,14 +53,20 @@ class PositionalEncoding(nn.Module):
 
 
 class LearnedPositions(PositionalEncoding):
-    """A trained vector per position (GPT-2, BERT)."""
+    """A trained vector per position (GPT-2, BERT), added times ``scale`` (tutorial 000 adds it
+    divided by sqrt(d_model): ``scale = d_model ** -0.5``)."""
 
-    def __init__(self, *, d_model: int, n_head: int, max_len: int) -> None:
+    def __init__(self, *, d_model: int, n_head: int, max_len: int, scale: float = 1.0) -> None:
         super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ConfigError(f"learned positions: scale={scale!r} must be a number > 0")
         self.weight = nn.Parameter(torch.empty(max_len, d_model))
         nn.init.normal_(self.weight, std=0.02)
+        self.scale = float(scale)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        if self.scale != 1.0:
+            return x + self.scale * self.weight[positions]  # (B, T, C)
         return x + self.weight[positions]  # (B, T, C)
 
 

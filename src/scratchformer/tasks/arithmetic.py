@@ -32,6 +32,7 @@ from scratchformer.tasks.base import (
     register_task,
 )
 from scratchformer.tokenizers.arithmetic import ArithmeticTokenizer
+from scratchformer.tokenizers.char import CharTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -172,11 +173,15 @@ def to_base(value: int, base: int) -> str:
     return "".join(reversed(out))
 
 
-def _ascii_lut(tokenizer: ArithmeticTokenizer) -> np.ndarray:
-    """(128,) int64: ASCII code of each one-character token -> its id (-1 elsewhere)."""
+def _ascii_lut(tokenizer: Any) -> np.ndarray:
+    """(128,) int64: ASCII code of each one-character token -> its id (-1 elsewhere, and for
+    symbols the tokenizer lacks: a character tokenizer fitted on differences knows no ``+``)."""
     lut = np.full(128, -1, dtype=np.int64)
     for ch in "0123456789+-*=#":
-        lut[ord(ch)] = tokenizer.token_to_id(ch)
+        try:
+            lut[ord(ch)] = tokenizer.token_to_id(ch)
+        except DataError:
+            pass
     return lut
 
 
@@ -349,6 +354,11 @@ class DifferenceSignConfig(TaskConfig):
         exclude_train_from_eval: the test split never holds a training example.
         if_too_few: a length with fewer distinct problems than requested:
             'take_all' (the tutorial's de-duplication) or 'error'.
+        tokenizer: "arithmetic" (the fixed arithmetic vocabulary) or "char"
+            (the tutorial's: a character tokenizer fitted on the first
+            ``corpus_size`` training expressions; pad id 0 doubles as the
+            class token).
+        corpus_size: expressions the "char" tokenizer is fitted on.
     """
 
     train_lengths: Any = "3..10"
@@ -359,9 +369,14 @@ class DifferenceSignConfig(TaskConfig):
     max_length: int | None = None
     exclude_train_from_eval: bool = True
     if_too_few: ShortfallPolicy = "take_all"
+    tokenizer: Literal["arithmetic", "char"] = "arithmetic"
+    corpus_size: int = 5000
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.tokenizer not in ("arithmetic", "char"):
+            raise ConfigError(f"tokenizer={self.tokenizer!r} must be 'arithmetic' or 'char' (fitted on the corpus)")
+        check_positive_int("corpus_size", self.corpus_size)
         _check_per_length_config(self, "a difference 'a-b'", "-")
         longest = max(self.train_lengths + self.test_lengths)
         if self.max_length is None:
@@ -406,9 +421,13 @@ class DifferenceSignTask(_PerLengthTask):
     def __init__(self, config: DifferenceSignConfig) -> None:
         super().__init__(config)
         self.config: DifferenceSignConfig = config
-        self.tokenizer = ArithmeticTokenizer()
         self._problems = self._build_problems()
+        self.tokenizer = ArithmeticTokenizer() if config.tokenizer == "arithmetic" else CharTokenizer.fit(self.corpus())
         self._datasets = {split: self._make_dataset(*p) for split, p in self._problems.items()}
+
+    def corpus(self) -> list[str]:
+        """The first ``corpus_size`` training expressions: what the "char" tokenizer is fitted on."""
+        return self.texts("train")[: self.config.corpus_size]
 
     def _available(self, length: int) -> int:
         k = self.config.base
