@@ -374,9 +374,7 @@ class DifferenceSignConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.tokenizer not in ("arithmetic", "char"):
-            raise ConfigError(f"tokenizer={self.tokenizer!r} must be 'arithmetic' or 'char' (fitted on the corpus)")
-        check_positive_int("corpus_size", self.corpus_size)
+        self._positive("corpus_size")
         _check_per_length_config(self, "a difference 'a-b'", "-")
         longest = max(self.train_lengths + self.test_lengths)
         if self.max_length is None:
