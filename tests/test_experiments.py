@@ -51,6 +51,10 @@ def test_quick_version_writes_a_report_with_finite_figures(capsys, tmp_path, nam
         assert (out / plot).stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "Command: `scratchformer experiment" in report and "cores" in report
+    if name == "classify-ladder":  # order-blind (no positions, no causal mask): b-a always gets a-b's class
+        assert results["variants"]["attention-only"]["summary"]["same class for a-b and b-a"]["median"] == 1.0
+    if name == "addition-gpt":  # the tutorial's model, exactly
+        assert results["variants"]["tutorial"]["summary"]["parameters"]["median"] == 270_226
     assert elapsed < 60, f"--quick of {name} took {elapsed:.0f} s; keep it near 30 s"
 
 

@@ -203,6 +203,8 @@ def _add_experiment_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the reduced version (about 30 s), as CI runs it")
     p.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 instead of the experiment's own")
     p.add_argument("--out", metavar="DIR", help="the experiment directory (default runs/experiments/NAME[-quick])")
+    p.add_argument("--variants", metavar="A,B", help="run only these variants (comma-separated); the report "
+                   "covers them. Processes given different variants may share one --out directory")
 
 
 # ---------------------------------------------------------------------- train
@@ -544,10 +546,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise _usage(f"--seeds {args.seeds} must be >= 1")
     experiment = load_experiment(target)
-    plan = experiment.plan(quick=args.quick, seeds=range(args.seeds) if args.seeds else None, overrides=overrides)
+    only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants is not None else None
+    if only is not None and not only:
+        raise _usage("--variants needs at least one variant name")
+    plan = experiment.plan(quick=args.quick, seeds=range(args.seeds) if args.seeds else None, overrides=overrides,
+                           only=only)
     command = ["scratchformer", "experiment", *sys.argv[2:]] if sys.argv[1:2] == ["experiment"] else \
         ["scratchformer", "experiment", target, *(["--quick"] if args.quick else []),
-         *([f"--seeds", str(args.seeds)] if args.seeds else []), *overrides]
+         *(["--seeds", str(args.seeds)] if args.seeds else []),
+         *(["--variants", args.variants] if args.variants else []), *overrides]
     results = run_experiment(plan, args.out, command=command,
                              announce=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"{experiment.name}: {len(plan.runs)} runs in {fmt(results['wall_s'])} s")

@@ -282,6 +282,42 @@ def during_training(ctx: RunContext, split: str = "test", max_examples: int = 30
     return Outcome(curves={f"{split} exact match by step": curve}, text=text)
 
 
+def swap_agreement(ctx: RunContext, split: str = "test", max_examples: int = 2000, batch_size: int = 512) -> Outcome:
+    """Difference-sign classifiers: how often the model gives ``b-a`` the same class as ``a-b``
+    (column "same class for a-b and b-a"). The two always have opposite labels (unless a = b), so a
+    model that answers both alike is at chance; a model that cannot tell the order of its input
+    tokens (no positions, no causal mask) answers them alike every time."""
+    import numpy as np
+    import torch
+
+    run = ctx.run()
+    task = ctx.task()
+    tok = run.tokenizer or task.tokenizer
+    texts = task.texts(split)[:max_examples]
+    T = task.config.max_length
+
+    def batch(rows: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = np.full((len(rows), T), tok.pad_token_id, dtype=np.int64)  # (N, T); the last column is the class token
+        mask = np.zeros((len(rows), T), dtype=np.int64)
+        for i, text in enumerate(rows):
+            enc = tok.encode(text)
+            ids[i, : len(enc)] = enc
+            mask[i, : len(enc)] = 1
+        mask[:, -1] = 1
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    swapped = ["-".join(reversed(t.split("-", 1))) for t in texts]
+    same = 0
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            preds = []
+            for rows in (texts[start:start + batch_size], swapped[start:start + batch_size]):
+                ids, mask = batch(rows)
+                preds.append(run.model(ids, attention_mask=mask).argmax(-1))
+            same += int((preds[0] == preds[1]).sum())
+    return Outcome(metrics={"same class for a-b and b-a": same / len(texts)})
+
+
 # ---------------------------------------------------------------------- experiment evaluations
 def ask(ctx: ExperimentContext, prompts: list[str], variant: str | None = None) -> Section:
     """Questions put to a trained run through the command line, `scratchformer generate RUN "PROMPT"`
@@ -307,6 +343,22 @@ def ask(ctx: ExperimentContext, prompts: list[str], variant: str | None = None) 
     markdown = "\n".join([f"The run `{variant}` seed {plan.seeds[0]}, asked from the command line:", "", "```",
                           *lines, "```"])
     return Section(title="Asking the model", markdown=markdown)
+
+
+def split_overlap(ctx: ExperimentContext, task: dict[str, Any], split: str = "test", about: str = "") -> Section:
+    """How much of ``split`` another way of splitting (``task``: a task's options, with ``name``) shares
+    with its training split, without training anything (e.g. the GPT tutorial's independent draws)."""
+    from ..tasks import build_task, task_contamination
+
+    options = dict(task)
+    built = build_task(options.pop("name"), **options)
+    report = task_contamination(built, None, split)
+    shown = ", ".join(f"`{x}`" for x in report["examples"][:3])
+    markdown = (f"{about + ': ' if about else ''}{report['count']} of its {report['total']} {split} problems "
+                f"({100 * report['fraction']:.1f}%) also occur in its training split (e.g. {shown}). Task options: "
+                f"`{json.dumps(task, sort_keys=True)}`.")
+    return Section(title=f"Another split: {split} problems seen in training", markdown=markdown,
+                   metrics={f"{split} problems seen in training": report["fraction"]})
 
 
 def tokenizer_counts(ctx: ExperimentContext) -> Section:
@@ -351,6 +403,8 @@ EVALUATIONS: dict[str, Evaluation] = {
     "contamination": Evaluation(contamination, "run", "the fraction of an evaluation split seen in training"),
     "during_training": Evaluation(during_training, "run", "exact match and wrong answers at every checkpoint"),
     "ask": Evaluation(ask, "experiment", "questions put to a run through `scratchformer generate`"),
+    "swap_agreement": Evaluation(swap_agreement, "run", "difference sign: the same class for a-b and b-a?"),
+    "split_overlap": Evaluation(split_overlap, "experiment", "how much of a split another splitting shares with training"),
     "tokenizer_counts": Evaluation(tokenizer_counts, "experiment", "the tokenizer's ids and corpus frequencies"),
 }
 

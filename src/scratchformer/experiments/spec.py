@@ -148,12 +148,13 @@ class Experiment:
         raise unknown_name(f"variant of experiment {self.name!r}", name, [v.name for v in self.variants])
 
     def plan(self, *, quick: bool = False, seeds: Iterable[int] | None = None,
-             overrides: Iterable[str] = ()) -> Plan:
+             overrides: Iterable[str] = (), only: Iterable[str] | None = None) -> Plan:
         """The runs to do: every (variant, seed) with its checked RunConfig.
 
         The order of settings, later winning: the base, the variant (and what it
         extends), the ``[quick]`` settings when ``quick``, then ``overrides``
-        (``key=value`` strings as on the ``scratchformer train`` command line).
+        (``key=value`` strings as on the ``scratchformer train`` command line). ``only`` keeps
+        just those variants (in the file's order).
 
         Raises:
             ConfigError: a bad override or a variant whose config does not check,
@@ -168,6 +169,11 @@ class Experiment:
             chosen_seeds = list(self.quick.get("seeds", chosen_seeds))
         if seeds is not None:
             chosen_seeds = list(seeds)
+        if only is not None:
+            wanted = list(only)
+            for name in wanted:
+                self.variant(name)  # an unknown name: a did-you-mean error
+            variants = [v for v in self.variants if v.name in wanted]
         if not chosen_seeds:
             raise ConfigError(f"experiment {self.name!r} has no seeds to run")
         quick_config = {k: self.quick[k] for k in SECTION_KEYS if k in self.quick} if quick else {}
