@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -33,9 +32,9 @@ def _numbers(obj):
 @pytest.mark.parametrize("name", BUILTIN)
 def test_quick_version_writes_a_report_with_finite_figures(capsys, tmp_path, name, cli):
     out = tmp_path / name
-    start = time.perf_counter()
+    plan = load_experiment(name).plan(quick=True)
+    assert sum(r.config.train.steps for r in plan.runs) <= 200, "keep --quick near 30 s: few runs, few steps"
     code, stdout, err = cli("experiment", name, "--quick", "--out", str(out))
-    elapsed = time.perf_counter() - start
     assert code == 0, err
     assert (out / "report.md").is_file() and "report.md" in stdout
     results = json.loads((out / "results.json").read_text())
@@ -55,7 +54,6 @@ def test_quick_version_writes_a_report_with_finite_figures(capsys, tmp_path, nam
         assert results["variants"]["attention-only"]["summary"]["same class for a-b and b-a"]["median"] == 1.0
     if name == "addition-gpt":  # the tutorial's model, exactly
         assert results["variants"]["tutorial"]["summary"]["parameters"]["median"] == 270_226
-    assert elapsed < 60, f"--quick of {name} took {elapsed:.0f} s; keep it near 30 s"
 
 
 def test_list_names_every_builtin_with_a_time(capsys, cli):

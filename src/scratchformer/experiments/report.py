@@ -69,7 +69,7 @@ def summarise(plan: Plan, states: list[Any], sections: list[Section], *, machine
             xs = sorted({x for r in runs.values() for x in r["curves"].get(c, {})}, key=float)
             curves[c] = {x: spread([r["curves"].get(c, {}).get(x) for r in runs.values()]) for x in xs}
         walls = [r["wall_s"] for r in runs.values() if r["wall_s"] is not None]
-        variants[name] = {"about": exp.variant(name).about, "runs": runs, "summary": summary, "curves": curves,
+        variants[name] = {"about": exp.variant(name).about, "seeds": [s.planned.seed for s in mine], "runs": runs, "summary": summary, "curves": curves,
                           "wall_s": {"total": sum(walls), **spread(walls)}}
     results: dict[str, Any] = {
         "experiment": exp.name,
@@ -101,8 +101,14 @@ def judge_target(target: Any, variants: dict[str, Any]) -> dict[str, Any]:
             continue
         if best_value is None or target.better(value, best_value):
             best, best_value = name, value
+    met = best_value is not None and target.met(best_value)
+    also = {}
+    for column, limit in target.also.items():
+        value = variants[best]["summary"].get(column, {}).get("median") if best is not None else None
+        also[column] = {"at_most": limit, "value": value}
+        met = met and value is not None and value <= limit
     return {"metric": target.metric, "at_least": target.at_least, "at_most": target.at_most, "about": target.about,
-            "variant": best, "value": best_value, "met": best_value is not None and target.met(best_value)}
+            "variant": best, "value": best_value, "also": also, "met": met}
 
 
 # ---------------------------------------------------------------------- plots
@@ -255,7 +261,7 @@ def write_report(results: dict[str, Any], out_dir: Path, plan: Plan, states: lis
         plots["loss"] = "plots/training_loss.png"
     results["plots"] = plots
 
-    seeds = ", ".join(str(s) for s in results["seeds"])
+    seeds = ", ".join(str(s) for s in sorted({x for v in results["variants"].values() for x in v["seeds"]}))
     lines = [f"# {exp.name}{' (quick)' if plan.quick else ''}", "", exp.description, ""]
     lines += [f"- Command: `{results['command']}`",
               f"- Machine: {machine_line(results['machine'])}",
@@ -269,14 +275,17 @@ def write_report(results: dict[str, Any], out_dir: Path, plan: Plan, states: lis
         verdict = "met" if target["met"] else "NOT met"
         lines += ["## Target", "", f"{target['about'] or target['metric']}: **{verdict}**. "
                   f"`{target['metric']}` {bound.strip()}; best variant `{target['variant']}` reached "
-                  f"**{fmt(target['value'])}** (median over seeds {seeds}).", ""]
-    header = ["variant", *metric_names, "wall time per run (s)"]
+                  f"**{fmt(target['value'])}** (median over seeds "
+                  f"{', '.join(str(x) for x in results['variants'][target['variant']]['seeds']) if target['variant'] else '–'})"
+                  + "".join(f"; `{c}` {fmt(a['value'])} (at most {fmt(a['at_most'])})" for c, a in target["also"].items())
+                  + ".", ""]
+    header = ["variant", "seeds", *metric_names, "wall time per run (s)"]
     rows = []
     for name, v in results["variants"].items():
-        rows.append([f"`{name}`", *(fmt_spread(v["summary"].get(m, {})) for m in metric_names),
-                     fmt_spread(v["wall_s"])])
+        rows.append([f"`{name}`", ", ".join(str(x) for x in v["seeds"]),
+                     *(fmt_spread(v["summary"].get(m, {})) for m in metric_names), fmt_spread(v["wall_s"])])
     lines += ["## Results", "",
-              f"Median over seeds {seeds}; in brackets the min–max when the seeds differ.", "",
+              "Median over each variant's seeds; in brackets the min–max when the seeds differ.", "",
               _table(header, rows), ""]
     about = [[f"`{name}`", v["about"] or "–", fmt(v["wall_s"]["total"])] for name, v in results["variants"].items()]
     lines += ["Variants:", "", _table(["variant", "what it is", "wall time, all seeds (s)"], about,

@@ -40,7 +40,7 @@ from .evaluations import (
     evaluations_in_scope,
     run_evaluation,
 )
-from .spec import Plan, PlannedRun, config_digest
+from .spec import Plan, PlannedRun, config_digest, same_settings
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def inspect_runs(plan: Plan, out_dir: Path) -> list[RunState]:
                 record = json.loads(record_path.read_text(encoding="utf-8"))
             except json.JSONDecodeError:
                 record = {}
-            if record.get("config") != config_digest(planned.config):
+            if not same_settings(record.get("config"), config_digest(planned.config)):
                 raise ConfigError(
                     f"{str(run_dir)!r} holds a run of other settings than this experiment's {planned.key}; "
                     f"write elsewhere with --out DIR, or delete {str(out_dir)!r} to start over"
@@ -169,7 +169,7 @@ def run_experiment(
     """
     from tqdm.auto import tqdm
 
-    from ..train.trainer import show_progress
+    from ..train.logs import show_progress
     from .report import summarise, write_report
 
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(plan)

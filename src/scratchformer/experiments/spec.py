@@ -58,7 +58,7 @@ TOP_KEYS = ("name", "description", "time", "quick_time", "seeds", "base", "varia
 SECTION_KEYS = ("model", "task", "train")
 VARIANT_KEYS = ("about", "extends", "seeds", *SECTION_KEYS)
 QUICK_KEYS = ("seeds", "variants", *SECTION_KEYS)
-TARGET_KEYS = ("metric", "at_least", "at_most", "variant", "about")
+TARGET_KEYS = ("metric", "at_least", "at_most", "variant", "about", "also")
 
 
 @dataclass
@@ -96,6 +96,7 @@ class Target:
     at_most: float | None = None
     variant: str | None = None
     about: str = ""
+    also: dict[str, float] = field(default_factory=dict)  # other columns' medians must be at most these
 
     def met(self, value: float) -> bool:
         ok = True
@@ -338,6 +339,10 @@ def parse_experiment(data: Mapping[str, Any], source: Path, name: str | None = N
         if t.get("variant") is not None and t["variant"] not in resolved:
             raise ConfigError(f"{where}: target.variant={t['variant']!r} is not a variant"
                               f"{did_you_mean(str(t['variant']), resolved)}")
+        also = _table(f"{where}: target.also", t.get("also", {}))
+        for key, value in also.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}: target.also.{key} must be a number (the column's median must be at most it)")
         target = Target(**t)
     exp = Experiment(name=name, description=data["description"].strip(), time=data["time"].strip(),
                      seeds=seeds, base=base, variants=variants, quick=quick, evaluations=evaluations,
@@ -394,6 +399,14 @@ def load_experiment(name_or_path: str) -> Experiment:
 def config_digest(cfg: RunConfig) -> dict[str, Any]:
     """What identifies a planned run for resuming: its requested config as JSON data."""
     return json.loads(json.dumps(copy.deepcopy(cfg.to_dict())))
+
+
+def same_settings(a: Any, b: Any) -> bool:
+    """Two digests describe the same run: equal, where a key one lacks counts as null (so a config
+    field added to scratchformer later, left at its null default, does not orphan finished runs)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return all(same_settings(a.get(k), b.get(k)) for k in set(a) | set(b))
+    return a == b
 
 
 __all__ = [
