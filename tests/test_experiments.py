@@ -52,8 +52,12 @@ def test_quick_version_writes_a_report_with_finite_figures(capsys, tmp_path, nam
     assert "Command: `scratchformer experiment" in report and "cores" in report
     if name == "classify-ladder":  # order-blind (no positions, no causal mask): b-a always gets a-b's class
         assert results["variants"]["attention-only"]["summary"]["same class for a-b and b-a"]["median"] == 1.0
-    if name == "addition-gpt":  # the tutorial's model, exactly
+    if name == "addition-gpt":  # the tutorial's model, exactly; and its what_is from the command line
         assert results["variants"]["tutorial"]["summary"]["parameters"]["median"] == 270_226
+        code, printed, err = run(capsys, "generate", str(out / "runs" / "fast" / "seed0"), "7+5=")
+        answer = printed.splitlines()[0]
+        assert code == 0 and answer.startswith("07+05=") and answer[6:].isdigit(), printed + err
+        assert "$ scratchformer generate" in report
 
 
 def test_list_names_every_builtin_with_a_time(capsys, cli):

@@ -8,6 +8,7 @@ tutorial experiment); a user's own file runs the same way. See
 name, and docs/experiments.md.
 """
 
+from . import warmup  # noqa: F401  (registers mlp-warmup's evaluations)
 from .evaluations import EVALUATIONS, ExperimentContext, Outcome, RunContext, Section, register_evaluation
 from .runner import default_out_dir, machine_info, run_experiment
 from .spec import Experiment, Plan, builtin_files, load_experiment, read_experiment_file

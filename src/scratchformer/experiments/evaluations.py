@@ -320,26 +320,24 @@ def swap_agreement(ctx: RunContext, split: str = "test", max_examples: int = 200
 
 # ---------------------------------------------------------------------- experiment evaluations
 def ask(ctx: ExperimentContext, prompts: list[str], variant: str | None = None) -> Section:
-    """Questions put to a trained run through the command line, `scratchformer generate RUN "PROMPT"`
-    (the tutorial's ``what_is``), with what it printed."""
-    import contextlib
-    import io
+    """Questions put to a trained run on the command line, ``scratchformer generate RUN "PROMPT"`` in a
+    child process (the tutorial's ``what_is``), with what it printed."""
     import shlex
-
-    from ..cli import main
+    import subprocess
+    import sys
 
     plan = ctx.plan
     variant = variant or plan.variants[-1]
     run_dir = ctx.run_dirs[f"{variant}/seed{plan.seeds[0]}"]
     lines = []
     for prompt in prompts:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["generate", str(run_dir), prompt])
-        printed = (out.getvalue() + err.getvalue()).strip()
-        lines += [f"$ scratchformer generate {shlex.quote(str(run_dir))} {shlex.quote(prompt)}", printed]
-        if code != 0:
-            raise RuntimeError(f"`scratchformer generate {run_dir} {prompt}` failed: {printed}")
+        argv = ["generate", str(run_dir), prompt]
+        proc = subprocess.run([sys.executable, "-m", "scratchformer", *argv], capture_output=True, text=True,
+                              timeout=300)
+        printed = (proc.stdout + proc.stderr).strip()
+        if proc.returncode != 0:
+            raise RuntimeError(f"`scratchformer {shlex.join(argv)}` failed: {printed}")
+        lines += [f"$ scratchformer {shlex.join(argv)}", printed]
     markdown = "\n".join([f"The run `{variant}` seed {plan.seeds[0]}, asked from the command line:", "", "```",
                           *lines, "```"])
     return Section(title="Asking the model", markdown=markdown)
@@ -422,13 +420,9 @@ def register_evaluation(name: str, scope: str, about: str, check: Callable[..., 
     return add
 
 
-def _load_experiment_specific() -> None:
-    """Import the modules whose evaluations belong to one experiment (they register themselves)."""
-    from . import warmup  # noqa: F401
-
-
 def get_evaluation(name: str) -> Evaluation:
-    _load_experiment_specific()
+    """The registered evaluation ``name`` (experiment-specific ones register when the package
+    ``scratchformer.experiments`` is imported, which importing any of its modules does)."""
     if name not in EVALUATIONS:
         raise unknown_name("evaluation", name, EVALUATIONS)
     return EVALUATIONS[name]
