@@ -83,6 +83,8 @@ def summarise(plan: Plan, states: list[Any], sections: list[Section], *, machine
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall_s": wall_s,
         "runs_wall_s": runs_s,
+        "runs_total_s": sum(v["wall_s"]["total"] for v in variants.values()),
+        "run_count": sum(len(v["runs"]) for v in variants.values()),
         "variants": variants,
         "sections": [{"title": s.title, "metrics": s.metrics, "plots": s.plots, "markdown": s.markdown}
                      for s in sections],
@@ -266,8 +268,9 @@ def write_report(results: dict[str, Any], out_dir: Path, plan: Plan, states: lis
     lines += [f"- Command: `{results['command']}`",
               f"- Machine: {machine_line(results['machine'])}",
               f"- Date: {results['date']}",
-              f"- Wall time: {fmt(results['wall_s'])} s in all ({fmt(results['runs_wall_s'])} s training and "
-              f"evaluating the runs); seeds {seeds}", ""]
+              f"- Wall time: {fmt(results['runs_total_s'])} s summed over the {results['run_count']} runs (training and "
+              f"evaluating each, whenever it ran; per variant below); this command took {fmt(results['wall_s'])} s; "
+              f"seeds {seeds}", ""]
     target = results.get("target")
     if target:
         bound = (f">= {fmt(target['at_least'])}" if target["at_least"] is not None else "") + \
