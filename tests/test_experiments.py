@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from scratchformer.experiments import builtin_files, load_experiment
 import torch
 from safetensors.torch import load_file
+
+from scratchformer.experiments import builtin_files, load_experiment
 
 BUILTIN = sorted(builtin_files())
 
@@ -54,7 +54,7 @@ def test_quick_version_writes_a_report_with_finite_figures(capsys, tmp_path, nam
         assert results["variants"]["attention-only"]["summary"]["same class for a-b and b-a"]["median"] == 1.0
     if name == "addition-gpt":  # the tutorial's model, exactly; and its what_is from the command line
         assert results["variants"]["tutorial"]["summary"]["parameters"]["median"] == 270_226
-        code, printed, err = run(capsys, "generate", str(out / "runs" / "fast" / "seed0"), "7+5=")
+        code, printed, err = cli("generate", str(out / "runs" / "fast" / "seed0"), "7+5=")
         answer = printed.splitlines()[0]
         assert code == 0 and answer.startswith("07+05=") and answer[6:].isdigit(), printed + err
         assert "$ scratchformer generate" in report
