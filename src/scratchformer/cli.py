@@ -341,6 +341,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if tok is None:
         raise ConfigError(f"{args.run_dir} has no tokenizer.json, so text prompts cannot be encoded")
     if args.seed is not None:
+        if not 0 <= args.seed < 2**63:
+            raise _usage(f"--seed {args.seed} must be an integer in [0, 2**63)")
         torch.manual_seed(args.seed)
     task = run.task_for_prompts()
     if run.arch == "gpt" and hasattr(task, "answer_user_problem"):  # it decodes with its own position ids
@@ -360,8 +362,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"the prompt {args.prompt!r} has characters outside the run's vocabulary (they would become "
             f"{tok.id_to_token(unk)!r}); use only symbols the model was trained on"
         )
-    info = _task_info(run.run_dir)
-    if run.arch == "gpt" and info.get("bos_first") and tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id):
+    if run.arch == "gpt" and run.bos_first and tok.bos_token_id is not None and (not ids or ids[0] != tok.bos_token_id):
         ids = [tok.bos_token_id, *ids]
     if not ids:
         raise ConfigError("the prompt encodes to no tokens; give some text")
@@ -385,6 +386,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for row in new:
         if tok.eos_token_id is not None and tok.eos_token_id in row:
             row = row[: row.index(tok.eos_token_id)]
+        if not row:  # nothing generated (--max-new-tokens 0, or an end token first): the prompt alone
+            print(shown_prompt if run.arch == "gpt" else "")
+            continue
         text = tok.decode(row, skip_special_tokens=True)
         answer = task.present_answer(prompt, text) if not args.raw else None
         if answer is not None and answer.changed:
@@ -504,18 +508,10 @@ def _print_stream(model, x, tok, options: dict[str, Any], present: Callable[[str
         new.append(token)
         print(tok.decode([token], skip_special_tokens=True), end="", flush=True)
     print()
-    answer = present(tok.decode(new, skip_special_tokens=True)) if present is not None else None
+    answer = present(tok.decode(new, skip_special_tokens=True)) if present is not None and new else None
     if answer is not None and answer.changed:
         print(f"(the answer was written {answer.how_written}; {answer.shown_as}: {answer.text})")
     return 0
-
-
-def _task_info(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "task.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 # ---------------------------------------------------------------------- experiment
@@ -597,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    from .io import WriteError
     from .train.trainer import NonFiniteLossError
 
     try:
@@ -604,6 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"scratchformer {args.command}: training stopped: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except WriteError as e:  # a full disk mid-run is a failure of the run (1); an unwritable path is bad input (2)
+        print(f"scratchformer {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED if e.disk_full else EXIT_USAGE
     except ScratchformerError as e:
         print(f"scratchformer {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -32,7 +32,8 @@ class WriteError(ScratchformerError, OSError):
         return self.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _write_error(path: Path, e: OSError) -> WriteError:
+def write_error(path: Path, e: OSError) -> WriteError:
+    """The WriteError for ``e``, raised while writing ``path``."""
     reason = {
         errno.ENOSPC: "the disk is full",
         errno.EDQUOT: "the disk quota is exhausted",
@@ -57,7 +58,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise _write_error(path, e) from None
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -68,13 +69,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError) and not isinstance(e, WriteError):
-            raise _write_error(path, e) from None
+            raise write_error(path, e) from None
         raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` as :func:`atomic_write_bytes` does."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append ``text`` (UTF-8) to ``path`` and fsync it (for logs: a kill loses at most the line being written).
+
+    Raises:
+        WriteError: the file cannot be written (naming the path and the reason).
+    """
+    path = Path(path)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise write_error(path, e) from None
 
 
 def dump_json(obj: Any) -> str:

@@ -130,7 +130,10 @@ def _train_one(state: RunState, quick: bool) -> None:
         state.record = {"config": config_digest(state.planned.config), "wall_s": 0.0, "outcome": None}
         save_json(state.run_dir / RUN_RECORD, state.record)
     if not (state.run_dir / "results.json").is_file():
-        train(state.planned.config, run_dir=state.run_dir, resume=(state.run_dir / "config.json").is_file())
+        from ..train.checkpoint import latest_checkpoint
+
+        # a run killed before its first checkpoint starts over (the trainer allows that; it refuses to resume it)
+        train(state.planned.config, run_dir=state.run_dir, resume=latest_checkpoint(state.run_dir) is not None)
 
 
 def _evaluate_one(state: RunState, plan: Plan) -> dict[str, Any]:

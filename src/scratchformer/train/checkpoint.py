@@ -40,7 +40,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..io import atomic_write_bytes, load_json, save_json
+from ..io import WriteError, atomic_write_bytes, load_json, save_json, write_error
 from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, arch: str | No
     Raises:
         CheckpointError: unreadable/truncated file, another format or
             architecture, missing or unexpected tensor names, or a shape that
-            does not match the model.
+            does not match the model, or a tensor holding NaN/inf (named).
     """
     tensors, metadata = read_tensors(path)
     if metadata.get("format") != WEIGHTS_FORMAT:
@@ -132,7 +132,19 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, arch: str | No
     if arch is not None and metadata.get("arch") != arch:
         raise CheckpointError(f"{str(path)!r} holds {metadata.get('arch')!r} weights, but the model is {arch!r}")
     check_state_matches(model.state_dict(), tensors, str(path))
+    check_finite(tensors, str(path))
     model.load_state_dict(tensors, strict=True)
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """CheckpointError naming the first floating-point tensor that holds NaN or inf."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
+            raise CheckpointError(
+                f"{where}: tensor {name!r} holds {bad} values; these weights are broken (a diverged run?); "
+                "load an earlier checkpoint or best.safetensors"
+            )
 
 
 def check_state_matches(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], where: str) -> None:
@@ -242,7 +254,20 @@ def save_checkpoint(
     ``state`` is a nested dict of JSON values and tensors (RNG states, data
     position, ...); tensors go to ``state.safetensors``, the rest to
     ``state.json``. Returns the step directory.
+
+    Raises:
+        WriteError: a file or directory could not be written (full disk, ...);
+            earlier checkpoints are untouched.
     """
+    try:
+        return _save_checkpoint(run_dir, step, model_state, optimizer_state, state, arch, keep)
+    except OSError as e:
+        if isinstance(e, WriteError):
+            raise
+        raise write_error(step_dir(run_dir, step), e) from None
+
+
+def _save_checkpoint(run_dir, step, model_state, optimizer_state, state, arch, keep) -> Path:
     final = step_dir(run_dir, step)
     parent = final.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -349,6 +374,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     model, meta = read_tensors(path / "model.safetensors")
     if meta.get("format") != WEIGHTS_FORMAT:
         raise CheckpointError(f"{str(path / 'model.safetensors')!r} is not a scratchformer weights file")
+    check_finite(model, str(path / "model.safetensors"))
     opt_tensors, _ = read_tensors(path / "optimizer.safetensors")
     state_tensors, _ = read_tensors(path / "state.safetensors")
     data = load_json(path / "state.json")

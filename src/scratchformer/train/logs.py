@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_text
+from ..io import append_text, atomic_write_text
 from ..errors import ConfigError
 
 
@@ -28,10 +28,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_text(self.path, json.dumps(record, sort_keys=True) + "\n")
         if self.writer is not None:
             prefix = record.get("split", record["event"])
             for k, v in record.items():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from ..tasks import build_task
 from ..tasks.base import Task
 from .checkpoint import load_model_weights
 from .config import RunConfig, model_classes
+
+logger = logging.getLogger(__name__)
 
 
 def derived_model_options(arch: str, task: Task) -> dict[str, Any]:
@@ -168,6 +171,8 @@ class Run:
         model: the model with the chosen weights, in eval mode, on CPU.
         tokenizer: the task's tokenizer (None if the task has none).
         weights: which weights file was loaded.
+        bos_first: training sequences start with the BOS token (``task.json``),
+            so a text prompt needs it prepended.
     """
 
     run_dir: Path
@@ -175,6 +180,7 @@ class Run:
     model: nn.Module
     tokenizer: Any
     weights: Path
+    bos_first: bool = False
 
     @property
     def arch(self) -> str:
@@ -214,13 +220,18 @@ def load_run(run_dir: str | os.PathLike, weights: str = "model") -> Run:
             "best" (``best.safetensors``) or a path to a weights file.
 
     Raises:
-        CheckpointError: not a run directory, weights missing, truncated or
-            not matching the config.
+        CheckpointError: not a run directory; a part of the run (``task.json``,
+            ``tokenizer.json``, the weights) missing or unreadable; weights
+            truncated, not matching the config, or holding NaN/inf.
     """
     from ..tokenizers import load_tokenizer
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    summary = load_json(run_dir / "task.json", "the run's task summary")
+    if not isinstance(summary, dict) or not isinstance(summary.get("bos_first"), bool) or "vocab_size" not in summary:
+        raise CheckpointError(f"{str(run_dir / 'task.json')!r} is not a scratchformer task summary "
+                              "(it needs bos_first and vocab_size); the run directory is damaged")
     arch = config.arch
     model_cls, _ = model_classes(arch)
     model = _construct(model_cls, config.model)
@@ -230,5 +241,141 @@ def load_run(run_dir: str | os.PathLike, weights: str = "model") -> Run:
     load_model_weights(model, path, arch)
     model.eval()
     tok_path = run_dir / "tokenizer.json"
-    tokenizer = load_tokenizer(tok_path) if tok_path.is_file() else None
-    return Run(run_dir=run_dir, config=config, model=model, tokenizer=tokenizer, weights=path)
+    tokenizer = None
+    if summary["vocab_size"] is not None:  # the task has a tokenizer, so the run must have saved it
+        if not tok_path.is_file():
+            raise CheckpointError(f"{str(tok_path)!r} is missing: the run's task has a tokenizer, which the run "
+                                  "directory should hold; the run directory is damaged")
+        tokenizer = load_tokenizer(tok_path)
+    return Run(run_dir=run_dir, config=config, model=model, tokenizer=tokenizer, weights=path,
+               bos_first=summary["bos_first"])
+
+
+# ---------------------------------------------------------------------- the run directory
+HISTORY_DIR = "history"
+"""``history/attempt_NNN.json``: the effective config of every training attempt in the run directory."""
+
+RUN_NOTES = ("experiment_run.json",)
+"""Files other scratchformer commands keep in a run directory before it first trains (the experiment
+runner's record); a directory holding only these counts as empty."""
+
+
+def is_run_dir(path: Path) -> bool:
+    """True if ``path`` holds a readable scratchformer ``config.json``."""
+    try:
+        read_run_config(path)
+        return True
+    except CheckpointError:
+        return False
+
+
+def has_trained(path: Path) -> bool:
+    """True if the run in ``path`` saved a checkpoint or its weights (so starting it over would lose them).
+
+    (``best.safetensors`` alone does not count: a run killed between its first
+    evaluation and its first checkpoint cannot be resumed, so it may start over.)
+    """
+    from .checkpoint import list_checkpoints
+
+    return (path / "model.safetensors").exists() or bool(list_checkpoints(path))
+
+
+def check_writable(path: Path) -> None:
+    """ConfigError, before anything is written, if ``path`` cannot become a directory this process writes to."""
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            raise ConfigError(f"{str(probe)!r} is a broken symbolic link; choose another --run-dir or train.out_dir")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{str(probe)!r} is a file, not a directory, so the run cannot be written under it; "
+                          "choose another --run-dir or train.out_dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{str(probe)!r} is not writable, so the run cannot be written there; "
+                          "choose another --run-dir or train.out_dir")
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: str | os.PathLike | None, resume: bool) -> Path:
+    """Where a run writes, after refusing everything that would lose data. Writes nothing.
+
+    A new run goes to ``run_dir``, else ``train.out_dir/name``, else
+    ``train.out_dir/<timestamp>``. It may use a directory that does not exist,
+    an empty one, or a run of this project that never saved weights (a start
+    that failed early); anything else is refused: a directory that is not
+    empty and not a run (its files are someone else's), or a run that saved
+    weights (resume it instead). ``resume`` needs a run with a complete
+    checkpoint.
+
+    Raises:
+        ConfigError: the directory cannot be used, with the reason and the fix.
+        CheckpointError: ``resume`` of a directory that is not a readable run.
+    """
+    from .checkpoint import latest_checkpoint, list_checkpoints
+
+    if resume:
+        if run_dir is None:
+            raise ConfigError("resume needs the run directory")
+        path = Path(run_dir)
+        read_run_config(path)
+        if latest_checkpoint(path) is None:
+            found = len(list_checkpoints(path))
+            why = f"its {found} checkpoint(s) are incomplete or damaged" if found else "it has no checkpoint"
+            fix = ("start a new run (another name=... or --run-dir); its weights are kept" if has_trained(path)
+                   else f"start it over with `scratchformer train --run-dir {path}`")
+            raise ConfigError(f"cannot resume {str(path)!r}: {why}; nothing was changed. To train again, {fix}")
+        check_writable(path)
+        return path
+    if run_dir is not None:
+        path = Path(run_dir)
+    elif cfg.name:
+        path = Path(cfg.train.out_dir) / cfg.name
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path, i = Path(cfg.train.out_dir) / stamp, 1
+        while path.exists():
+            i += 1
+            path = Path(cfg.train.out_dir) / f"{stamp}-{i}"
+    check_writable(path)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise ConfigError(f"{str(path)!r} exists and is not a directory; choose another --run-dir or name=...")
+        if any(p.name not in RUN_NOTES for p in path.iterdir()):
+            if not is_run_dir(path):
+                raise ConfigError(
+                    f"{str(path)!r} is not empty and is not a scratchformer run, so its files are left alone; "
+                    "choose a new or empty directory (--run-dir or name=...)"
+                )
+            if has_trained(path):
+                raise ConfigError(
+                    f"{str(path)!r} already holds a run; resume it with `scratchformer train --resume {path}` "
+                    "or choose another name=... or --run-dir"
+                )
+            logger.info("%s holds a run that never saved weights; starting it over", path)
+    return path
+
+
+def start_attempt(run_dir: Path, effective: RunConfig, resume: bool, step: int) -> Path:
+    """Record this training attempt's effective config in ``history/``; returns the record's path.
+
+    A new run also writes ``config.json`` now (it names the run). A resumed run
+    keeps its ``config.json`` until :func:`attempt_trained`, so an attempt that
+    fails (a diverging ``train.lr``, a kill before any checkpoint) leaves the
+    config a later plain ``--resume`` reads as it was.
+    """
+    from ..io import save_json
+
+    history = run_dir / HISTORY_DIR
+    n = 1 + sum(1 for p in history.glob("attempt_*.json")) if history.is_dir() else 1
+    record = history / f"attempt_{n:03d}.json"
+    save_json(record, {"attempt": n, "resumed_at_step": step if resume else None,
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": effective.to_dict()})
+    if not resume:
+        save_json(run_dir / "config.json", effective.to_dict())
+    return record
+
+
+def attempt_trained(run_dir: Path, effective: RunConfig) -> None:
+    """This attempt saved a checkpoint: its config becomes the run's ``config.json``."""
+    from ..io import save_json
+
+    save_json(run_dir / "config.json", effective.to_dict())

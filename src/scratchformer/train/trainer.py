@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..io import atomic_write_text, save_json
+from ..io import WriteError, atomic_write_text, remove_partial_writes, save_json
 from ..errors import CheckpointError, ConfigError, ScratchformerError
 from ..evaluate import HIGHER_IS_BETTER, default_best_metric, eval_splits, finish_metrics, split_sums
 from ..losses import TRAIN_ACCURACY_KEY, LossOutput, batch_tokens, correct_predictions, loss_for, target_count
@@ -59,7 +59,7 @@ from .init_from import load_init_weights, prepare_init_from
 from .optim import build_optimizer, lr_at
 from .precision import autocast_factory, uses_bf16
 from .rng import rng_state, seed_everything, set_rng_state
-from .run import build_run, read_run_config
+from .run import attempt_trained, build_run, prepare_run_dir, read_run_config, start_attempt
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ class TrainState:
     """Everything a run holds between steps: :func:`setup` makes it, :func:`train_step` advances it.
 
     Attributes:
-        cfg: the run config as given; ``arch`` the model's architecture name.
+        cfg: the run config as given; ``arch`` the model's architecture name;
+            ``effective`` the config with every model field filled in (what
+            config.json records once this attempt checkpoints).
         info, device: this process's place in the job, and its device.
         run_dir: where the run writes.
         task, train_ds: the task and its training split.
@@ -114,6 +116,7 @@ class TrainState:
 
     cfg: RunConfig
     arch: str
+    effective: RunConfig
     info: D.DistInfo
     device: torch.device
     run_dir: Path
@@ -165,14 +168,28 @@ def train(
             config.json must describe the same model and task as ``cfg``).
 
     Raises:
-        ConfigError: an option that cannot work (checked before training).
+        ConfigError: an option that cannot work, or a run directory that cannot
+            be used (not empty and not a run; a run that saved weights, without
+            ``resume``; ``resume`` without a complete checkpoint); checked before
+            anything is written.
         CheckpointError: ``resume`` with an unreadable or mismatched checkpoint.
+        WriteError: a file could not be written; for a full disk the message
+            names the last intact checkpoint.
         NonFiniteLossError: the loss or gradient norm became NaN/inf; the
             message names the step, and the last checkpoint is left untouched.
     """
     info, device = D.init_distributed(cfg.train.device)
     try:
-        return train_loop(setup(cfg, info, device, run_dir, resume))
+        path = prepare_run_dir(cfg, run_dir, resume)  # refuses, before any write, what would lose data
+        path = Path(D.broadcast_object(str(path), info))  # rank 0's choice (a timestamp) for everyone
+        try:
+            return train_loop(setup(cfg, info, device, path, resume))
+        except WriteError as e:
+            if not e.disk_full:
+                raise
+            last = latest_checkpoint(path)
+            where = f"the last intact checkpoint is {last}" if last else "no checkpoint was written"
+            raise WriteError(f"{e}; training stopped and {where}", e.errno) from None
     finally:
         D.shutdown_distributed(info)
 
@@ -378,6 +395,7 @@ def save_training_checkpoint(state: TrainState) -> None:
         save_checkpoint(state.run_dir, state.step, model_sd, optim_sd, saved, state.arch,
                         keep=state.cfg.train.keep_checkpoints)
         save_state_dict(state.run_dir / "model.safetensors", model_sd, state.arch)
+        attempt_trained(state.run_dir, state.effective)  # this attempt's config is now the run's
     D.barrier(info)
 
 
@@ -441,7 +459,9 @@ def setup(
     kernels = linear_kernels(raw_model, tc.linear_backend or "auto")
     effective = dataclasses.replace(effective, train=effective.train.replace(linear_backend=tc.linear_backend or "auto"))
     eval_split, best_metric, schedule = _check_options(cfg, task, raw_model, info)
-    run_dir = _choose_run_dir(cfg, effective, run_dir, resume, info)
+    run_dir = Path(run_dir)  # chosen and checked by prepare_run_dir
+    if resume:
+        _check_same_run(run_dir, effective)
 
     raw_model.to(device)
     fsdp = info.enabled and tc.distributed == "fsdp"
@@ -450,7 +470,7 @@ def setup(
                                 **tc.optimizer_options)
     train_ds = task.dataset(task.split_names[0])
     state = TrainState(
-        cfg=cfg, arch=effective.arch, info=info, device=device, run_dir=run_dir, task=task,
+        cfg=cfg, arch=effective.arch, effective=effective, info=info, device=device, run_dir=run_dir, task=task,
         train_ds=train_ds, raw_model=raw_model, train_model=train_model, eval_model=raw_model,
         optimizer=optimizer, sampler=ResumableSampler(len(train_ds), cfg.seed), schedule=schedule,
         loss_fn=loss_for(task.kind), autocast=autocast_factory(use_bf16, device), fsdp=fsdp, kernels=kernels,
@@ -488,45 +508,15 @@ def _check_options(
     return eval_split, best_metric, schedule
 
 
-def _choose_run_dir(
-    cfg: RunConfig, effective: RunConfig, run_dir: str | os.PathLike | None, resume: bool, info: D.DistInfo
-) -> Path:
-    """The run's directory: the one resumed (holding the same model and task), or a new one (rank 0 decides)."""
-    if resume:
-        if run_dir is None:
-            raise ConfigError("resume needs the run directory")
-        run_dir = Path(run_dir)
-        saved = read_run_config(run_dir)
-        for section in ("model", "task"):
-            if saved.to_dict()[section] != effective.to_dict()[section]:
-                raise ConfigError(
-                    f"cannot resume {str(run_dir)!r} with a different {section} config: "
-                    f"saved {saved.to_dict()[section]}, now {effective.to_dict()[section]}"
-                )
-    else:
-        run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
-        if (run_dir / "config.json").exists():  # every rank checks, so all of them stop together
-            raise ConfigError(f"{str(run_dir)!r} already holds a run; use --resume to continue it")
-    return Path(D.broadcast_object(str(run_dir), info))
-
-
-def new_run_dir(cfg: RunConfig) -> Path:
-    """``out_dir/name``, or ``out_dir/<timestamp>`` (with a suffix if taken)."""
-    base = Path(cfg.train.out_dir)
-    if cfg.name:
-        path = base / cfg.name
-        if (path / "config.json").exists():
+def _check_same_run(run_dir: Path, effective: RunConfig) -> None:
+    """ConfigError unless the resumed run holds the same model and task as ``effective``."""
+    saved = read_run_config(run_dir)
+    for section in ("model", "task"):
+        if saved.to_dict()[section] != effective.to_dict()[section]:
             raise ConfigError(
-                f"run directory {str(path)!r} already holds a run; resume it with "
-                f"`scratchformer train --resume {path}` or choose another name=..."
+                f"cannot resume {str(run_dir)!r} with a different {section} config: "
+                f"saved {saved.to_dict()[section]}, now {effective.to_dict()[section]}"
             )
-        return path
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, i = base / stamp, 1
-    while path.exists():
-        i += 1
-        path = base / f"{stamp}-{i}"
-    return path
 
 
 def _restore(state: TrainState) -> None:
@@ -534,9 +524,8 @@ def _restore(state: TrainState) -> None:
     Linear kernel choices."""
     tc, info, run_dir = state.cfg.train, state.info, state.run_dir
     ckpt_path = latest_checkpoint(run_dir)
-    if ckpt_path is None:
-        logger.warning("%s has no complete checkpoint; starting from step 0", run_dir)
-        return
+    if ckpt_path is None:  # prepare_run_dir found one; it went away since
+        raise CheckpointError(f"{str(run_dir)!r} lost its last complete checkpoint while starting; nothing was changed")
     ckpt = load_checkpoint(ckpt_path)
     _load_state_dicts(state, ckpt.model, ckpt.optimizer)
     state.sampler.load_state_dict(ckpt.state["sampler"])
@@ -559,18 +548,19 @@ def _restore(state: TrainState) -> None:
 
 
 def _write_run_files(state: TrainState, effective: RunConfig, resume: bool) -> None:
-    """Rank 0 writes config.json, tokenizer.json and task.json, and starts (or trims, on resume) metrics.jsonl."""
+    """Rank 0 records the attempt (history/, and config.json for a new run), writes tokenizer.json and
+    task.json, and starts (or trims, on resume) metrics.jsonl."""
     if not state.info.is_main:
         return
     run_dir, task = state.run_dir, state.task
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_json(run_dir / "config.json", effective.to_dict())
+    start_attempt(run_dir, effective, resume, state.step)
     if task.tokenizer is not None:
         task.tokenizer.save(run_dir / "tokenizer.json")
     save_json(run_dir / "task.json", task_summary(task))
     if resume:
         truncate_metrics(run_dir / "metrics.jsonl", state.step)
         remove_stale_temporaries(run_dir)
+        remove_partial_writes(run_dir)
     else:
         atomic_write_text(run_dir / "metrics.jsonl", "")
 
