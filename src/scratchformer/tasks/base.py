@@ -98,6 +98,11 @@ class TaskConfig(Config):
 
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"{type(self).__name__}.seed={self.seed} must be an integer in [0, 2**63)")
+
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
     """ConfigError unless ``value`` is an int >= ``minimum``."""

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..tasks.base import TaskConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
+FLOAT32_MAX = 3.4028234663852886e38
 Distributed = Literal["ddp", "fsdp"]
 
 
@@ -127,6 +128,8 @@ class TrainConfig(Config):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"TrainConfig.{name} must be a number >= 0, got {value!r}")
+            if value > FLOAT32_MAX:  # the optimizers hold them as float32 tensors
+                raise ConfigError(f"TrainConfig.{name}={value!r} is beyond float32's range; use at most 3.4e38")
         if self.min_lr_ratio > 1:
             raise ConfigError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio} must be <= 1 (a fraction of lr)")
         if self.batch_size % self.grad_accum:
