@@ -16,6 +16,15 @@ Fixtures (use them by naming them as test arguments):
 
 from __future__ import annotations
 
+# --- CPU policy (issue 11): OpenMP threads spin briefly, then sleep -------------------------------
+# Runs before any test module imports torch (keep it above every import that could load torch): the
+# OpenMP runtime reads it once, when torch loads it, and the suite then does not slow down several
+# times when the CPU is shared (CI runners, other jobs). The same policy the `scratchformer` command
+# applies; a policy the user set in the environment wins.
+from scratchformer import cpu_policy  # noqa: E402
+
+cpu_policy.apply()
+
 import json
 from collections.abc import Callable
 from pathlib import Path

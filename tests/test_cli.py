@@ -293,3 +293,25 @@ def test_stream_of_a_reversed_answer_run_also_prints_it_unreversed(capsys, tiny_
         assert out[1].endswith(f"un-reversed: {streamed[::-1].lstrip('0') or '0'})")
     else:  # the model ended at once: no answer was generated, so none is shown (not a made-up "0")
         assert out == ["12+34="]
+def test_the_command_sets_the_cpu_wait_policy_before_torch_loads():
+    """scratchformer.cpu_policy runs first in main(), before torch is imported, unless the user chose a policy."""
+    code = (
+        "import os, sys\n"
+        "from scratchformer import cpu_policy\n"
+        "seen = []\n"
+        "real = cpu_policy.apply\n"
+        "cpu_policy.apply = lambda: (seen.append('torch' in sys.modules), real())[1]\n"
+        "from scratchformer.cli import main\n"
+        "main(['train', 'train.steps=3', '--print-config'])\n"
+        "import torch\n"
+        "print(seen, os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    from scratchformer.cpu_policy import SPIN_COUNT
+
+    assert out.splitlines()[-1] == f"[False] {SPIN_COUNT} None"
+    env["OMP_WAIT_POLICY"] = "PASSIVE"  # the user's choice wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert out.splitlines()[-1] == "[False] None PASSIVE"

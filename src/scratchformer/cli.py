@@ -583,6 +583,9 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "exp
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 training failed, 2 bad input)."""
+    from . import cpu_policy
+
+    cpu_policy.apply()  # before torch is imported: OpenMP threads spin briefly, then sleep (a busy CPU stays usable)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and getattr(args, "command", None) == "experiment" and not any(x.startswith("-") for x in extra):
