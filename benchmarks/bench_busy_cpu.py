@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scratchformer.io import atomic_write_text
+
 OUT = Path(__file__).resolve().parent / "out"
 SETTINGS = {
     "default": ({}, []),
@@ -121,11 +123,10 @@ def main(argv: list[str] | None = None) -> None:
                      f"| {vs_today} | {r['idle_wall_s']:.1f} / {r['busy_wall_s']:.1f} |")
     md = "\n".join(lines) + "\n"
     print(md)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     report = {"cpu": cpu_name(), "cpus": os.cpu_count(), "load_before": load_before, "steps": args.steps,
               "repeats": args.repeats, "settings": rows}
-    (args.out_dir / "bench_busy_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out_dir / "bench_busy_cpu.md").write_text(md)
+    atomic_write_text(args.out_dir / "bench_busy_cpu.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out_dir / "bench_busy_cpu.md", md)
 
 
 if __name__ == "__main__":

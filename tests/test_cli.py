@@ -293,6 +293,8 @@ def test_stream_of_a_reversed_answer_run_also_prints_it_unreversed(capsys, tiny_
         assert out[1].endswith(f"un-reversed: {streamed[::-1].lstrip('0') or '0'})")
     else:  # the model ended at once: no answer was generated, so none is shown (not a made-up "0")
         assert out == ["12+34="]
+
+
 def test_the_command_sets_the_cpu_wait_policy_before_torch_loads():
     """scratchformer.cpu_policy runs first in main(), before torch is imported, unless the user chose a policy."""
     code = (
