@@ -30,6 +30,11 @@ SECTIONS = [
     ("The default run", "default_run.md",
      "`scratchformer train` with no arguments (the README's main job), once per seed.",
      "python benchmarks/default_run.py"),
+    ("The main job on a busy CPU", "bench_busy_cpu.md",
+     "`scratchformer train` (shortened) alone and beside one CPU-bound process, under the command's OpenMP "
+     "wait policy (`default`: a short spin, `scratchformer.cpu_policy`), GNU OpenMP's own long spin (`today`), "
+     "`OMP_WAIT_POLICY=PASSIVE` and `train.threads=1`. Goal: with the hog at most 1.6x idle, idle within 5% of `today`.",
+     "python benchmarks/bench_busy_cpu.py"),
     ("Training speed", "bench_train.md",
      "The trainer's default training step of scratchformer's GPT against a plain nanoGPT-style PyTorch GPT of the "
      "same shape and, with `--nanogpt DIR`, against nanoGPT's own model.py and configure_optimizers; the "

@@ -286,9 +286,10 @@ def test_two_identical_runs_write_byte_identical_weights(tmp_path):
         subprocess.run([sys.executable, "-m", "scratchformer", "train", *TINY, "train.steps=2",
                         "train.checkpoint_every=0", "--run-dir", str(run_dir)], check=True, env=env,
                        capture_output=True, timeout=300)
-        digests.append({name: hashlib.sha256((run_dir / name).read_bytes()).hexdigest()
-                        for name in ("model.safetensors", "best.safetensors")})
-    assert digests[0] == digests[1]
+        files = ["model.safetensors", "best.safetensors",
+                 *(str(p.relative_to(run_dir)) for p in sorted(run_dir.glob("checkpoints/*/*.safetensors")))]
+        digests.append({name: hashlib.sha256((run_dir / name).read_bytes()).hexdigest() for name in files})
+    assert len(digests[0]) == 5 and digests[0] == digests[1]
 
 
 def test_safetensors_header_is_sorted():

@@ -35,7 +35,7 @@ def is_hf_dir(path: str | os.PathLike) -> bool:
         return False
     try:
         return "model_type" in json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, TypeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError):  # not HF's; the run reader names the fault
         return False
 
 
