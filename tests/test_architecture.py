@@ -127,7 +127,6 @@ def test_a_module_does_not_reach_back_to_a_later_stage(module, forbidden):
     assert not {m for m in graph[module] if m == forbidden or m.startswith(forbidden + ".")}
 
 
-@pytest.mark.xfail(strict=True, reason="config._parse is over; split once its owner's work lands")
 def test_no_function_in_src_is_longer_than_a_screen():
     name, lines = max(function_lengths(SRC / "scratchformer"), key=lambda item: item[1])
     assert lines <= LONGEST_FUNCTION, f"{name} spans {lines} lines (at most {LONGEST_FUNCTION}); split it"

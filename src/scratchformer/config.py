@@ -170,80 +170,95 @@ def _parse(value: Any, tp: Any) -> Any:
             return None
         raise _Mismatch()
     if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        hints = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _parse(value, arg)
-            except _Mismatch as e:
-                hints.append(e.hint)
-        raise _Mismatch(next((h for h in hints if h), ""))
+        return _parse_union(value, get_args(tp))
     if origin is typing.Literal:
         choices = list(get_args(tp))
         if value in choices and type(value) in {type(c) for c in choices}:
             return value
         raise _Mismatch(did_you_mean(str(value), [str(c) for c in choices]).strip(" ()"))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise _Mismatch("write true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise _Mismatch("write a whole number")
-        if isinstance(value, str) and _INT_TEXT.match(value):
-            value = int(value)
-        if not isinstance(value, int):
-            raise _Mismatch("write a whole number")
-        if not -INT_LIMIT <= value < INT_LIMIT:
-            raise _Mismatch(f"whole numbers in configs lie within +-2**63")
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise _Mismatch("write a number")
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise _Mismatch("write a number") from None
-        if isinstance(value, int):
-            try:
-                value = float(value)
-            except OverflowError:
-                raise _Mismatch("too large") from None
-        if not isinstance(value, float):
-            raise _Mismatch("write a number")
-        if not math.isfinite(value):
-            raise _Mismatch("it must be finite")
-        return value
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch("write it as a string")
+    if tp in _SCALARS:
+        return _SCALARS[tp](value)
     if origin is dict or tp is dict:
         if isinstance(value, Mapping):
             return dict(value)
         raise _Mismatch()
     if origin in (list, tuple) or tp in (list, tuple):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise _Mismatch("write a list, e.g. [1, 2]")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise _Mismatch(f"it needs {len(args)} entries, got {len(value)}")
-            return tuple(_parse(v, a) for v, a in zip(value, args))
-        item = args[0] if args else Any
-        items = [_parse(v, item) for v in value]
-        return tuple(items) if origin is tuple else items
+        return _parse_sequence(value, tp)
     if isinstance(tp, type):
         if isinstance(value, tp):
             return value
         raise _Mismatch()
     return value
+
+
+def _parse_union(value: Any, args: tuple[Any, ...]) -> Any:
+    if value is None and type(None) in args:
+        return None
+    hints = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _parse(value, arg)
+        except _Mismatch as e:
+            hints.append(e.hint)
+    raise _Mismatch(next((h for h in hints if h), ""))
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _Mismatch("write true or false")
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, str) and _INT_TEXT.match(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Mismatch("write a whole number")
+    if not -INT_LIMIT <= value < INT_LIMIT:
+        raise _Mismatch("whole numbers in configs lie within +-2**63")
+    return value
+
+
+def _parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _Mismatch("write a number")
+    try:
+        if isinstance(value, (str, int)):
+            value = float(value)
+    except ValueError:
+        raise _Mismatch("write a number") from None
+    except OverflowError:
+        raise _Mismatch("too large") from None
+    if not isinstance(value, float):
+        raise _Mismatch("write a number")
+    if not math.isfinite(value):
+        raise _Mismatch("it must be finite")
+    return value
+
+
+def _parse_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Mismatch("write it as a string")
+
+
+_SCALARS = {bool: _parse_bool, int: _parse_int, float: _parse_float, str: _parse_str}
+
+
+def _parse_sequence(value: Any, tp: Any) -> list[Any] | tuple[Any, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise _Mismatch("write a list, e.g. [1, 2]")
+    args = get_args(tp)
+    if get_origin(tp) is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise _Mismatch(f"it needs {len(args)} entries, got {len(value)}")
+        return tuple(_parse(v, a) for v, a in zip(value, args))
+    item = args[0] if args else Any
+    items = [_parse(v, item) for v in value]
+    return tuple(items) if (get_origin(tp) or tp) is tuple else items
