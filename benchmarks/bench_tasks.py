@@ -15,7 +15,7 @@ from pathlib import Path
 
 from scratchformer.tasks import build_task
 
-SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
+SHAKESPEARE = "bundled:tinyshakespeare"
 
 CASES: list[tuple[str, str, dict]] = [
     ("addition_gpt 100k x 3 digits", "addition_gpt", dict(max_digits=3, num_examples=100_000)),

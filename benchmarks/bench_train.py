@@ -77,7 +77,7 @@ from scratchformer.models import GPT, GPTConfig  # noqa: E402
 from scratchformer.nn.linear import cpu_model, linear_kernels  # noqa: E402
 from scratchformer.nn.norm import LayerNorm, layer_norm_formula  # noqa: E402
 
-DATA = Path("/work/shared/data/tinyshakespeare.txt")
+DATA = Path(__file__).resolve().parents[1] / "src/scratchformer/data/tinyshakespeare.txt"
 SECTIONS = ("speed", "nanogpt", "changes", "optim", "dtype", "scaling")
 SHAPE = dict(n_layer=4, n_head=4, d_model=128)
 LR, WEIGHT_DECAY = 1e-3, 0.1

@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,9 +25,10 @@ from scratchformer.tasks import (
     parse_lengths,
     task_contamination,
 )
+from scratchformer.tasks.text import resolve_data_path
 from scratchformer.tokenizers import ArithmeticTokenizer, load_tokenizer
 
-SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
+SHAKESPEARE = "bundled:tinyshakespeare"
 TOK = ArithmeticTokenizer()
 
 
@@ -398,9 +400,25 @@ def test_addition_gpt_base_3():
 
 
 # ====================================================================== text LM
+def test_tiny_shakespeare_ships_inside_the_package():
+    path = resolve_data_path(SHAKESPEARE)
+    import scratchformer
+
+    assert path.parent == Path(scratchformer.__file__).parent / "data"
+    text = path.read_text(encoding="utf-8")
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:")
+    # a wheel or fresh install carries it: the file is declared as package data
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "data/*.txt" in project["tool"]["setuptools"]["package-data"]["scratchformer"]
+    with pytest.raises(DataError, match="bundled:tinyshakespeare"):
+        resolve_data_path("bundled:shakespeare")
+
+
 def test_text_lm_on_tiny_shakespeare(tmp_path):
     task = build_task("text_lm", path=SHAKESPEARE, block_size=64, cache_dir=str(tmp_path), seed=4)
-    with open(SHAKESPEARE, encoding="utf-8") as f:
+    with open(resolve_data_path(SHAKESPEARE), encoding="utf-8") as f:
         text = f.read()
     tok = task.tokenizer
     cached = list((tmp_path / "tokens").glob("*.npy"))

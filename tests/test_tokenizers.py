@@ -26,7 +26,7 @@ from scratchformer.tokenizers import (
 )
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "tokenizers.md"
-SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
+SHAKESPEARE = Path(__file__).resolve().parents[1] / "src/scratchformer/data/tinyshakespeare.txt"
 
 
 def _bpe_corpus() -> list[str]:

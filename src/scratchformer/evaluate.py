@@ -29,6 +29,8 @@ Autoregressive evaluation (the model generates, a verifier checks):
   a split, grouped by problem length: exact match (by the task's verifier)
   and token accuracy of the generated answer, with each length marked
   in-distribution (a training length) or not;
+- :func:`teacher_forced_by_length` — the same table with the true target
+  as the decoder's input (tutorial 000's "non autoregressive" evaluation);
 - :func:`top_at_n_accuracy` — the fraction of problems for which any of n
   samples is right.
 
@@ -610,6 +612,48 @@ def _classification_by_length(model, task, split, batch_size, max_per_length, tr
     return rows
 
 
+def teacher_forced_by_length(
+    model: nn.Module,
+    task: Any,
+    split: str = "test",
+    *,
+    batch_size: int = 256,
+    max_per_length: int | None = None,
+    label: str = "",
+) -> LengthTable:
+    """Accuracy per problem length with the true target as the decoder's input (one forward pass).
+
+    ``token_accuracy`` is tutorial 000's: argmax == target over every target
+    position (the format's zeros after ``#`` included; positions labelled -100
+    are not targets); ``exact_match``: every target position right. Compare
+    with :func:`evaluate_by_length`, where the model reads its own outputs.
+    """
+    task.check_split(split)
+    if task.kind not in ("seq2seq", "lm"):
+        raise ConfigError(f"teacher_forced_by_length needs a seq2seq or lm task, got kind {task.kind!r}")
+    ds = task.dataset(split)
+    lengths = np.asarray(task.example_lengths(split))
+    device = _model_device(model)
+    loss_fn = loss_for(task.kind)
+    rows = []
+    with _eval_mode(model), torch.inference_mode():
+        for length in sorted({int(x) for x in lengths}):
+            idx = np.flatnonzero(lengths == length)[:max_per_length]
+            correct = total = exact = 0
+            for start in range(0, len(idx), batch_size):
+                batch = task.collate([ds[int(i)] for i in idx[start : start + batch_size]])
+                out = loss_fn(model, {k: v.to(device) for k, v in batch.items()})
+                keep = out.targets != IGNORE_INDEX  # (B, T)
+                right = (out.logits.argmax(-1) == out.targets) & keep  # (B, T)
+                correct += int(right.sum())
+                total += int(keep.sum())
+                exact += int((right | ~keep).all(dim=-1).sum())
+            rows.append(LengthRow(length, len(idx), exact / len(idx), correct / total if total else math.nan,
+                                  length in train_lengths(task)))
+    return LengthTable(task=task.name, split=split, train_lengths=train_lengths(task), rows=rows,
+                       decoding={"teacher_forced": True}, label=label)
+
+
 # ---------------------------------------------------------------------------- best of n
 def top_at_n_accuracy(
     model: nn.Module,
@@ -674,6 +718,7 @@ __all__ = [
     "generate_answers",
     "perplexity",
     "split_sums",
+    "teacher_forced_by_length",
     "teacher_forced_exact_match",
     "token_accuracy",
     "token_accuracy_all_positions",

@@ -453,9 +453,10 @@ def _prepare(
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else None)
     if pad is not None and not 0 <= pad < in_vocab:
         raise ConfigError(f"pad_token_id={pad} is outside the vocabulary [0, {in_vocab})")
-    if cfg.use_cache is True and not pos_module.supports_cache:
+    can_cache = getattr(model, "supports_cache", pos_module.supports_cache)
+    if cfg.use_cache is True and not can_cache:
         model.new_cache()  # raises the model's own explanation
-    use_cache = pos_module.supports_cache if cfg.use_cache is None else cfg.use_cache
+    use_cache = can_cache if cfg.use_cache is None else cfg.use_cache
     cfg = dataclasses.replace(cfg, pad_token_id=pad, use_cache=use_cache)
 
     def setup() -> _Job:

@@ -11,6 +11,7 @@ B batch, T length, V vocabulary, K classes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import unknown_name
+from .errors import ConfigError, unknown_name
 from .tasks.base import IGNORE_INDEX, Batch
 
 
@@ -41,38 +42,46 @@ class LossOutput:
     targets: Tensor
 
 
-def _token_ce(logits: Tensor, targets: Tensor) -> LossOutput:
+def _token_ce(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> LossOutput:
     loss_sum = F.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        logits.flatten(0, 1).float(),
+        targets.flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+        label_smoothing=label_smoothing,
     )
     return LossOutput(loss_sum, (targets != IGNORE_INDEX).sum(), logits, targets)
 
 
-def lm_loss(model: nn.Module, batch: Batch) -> LossOutput:
+# ``label_smoothing`` (epsilon): the target distribution puts 1 - epsilon on the
+# label and spreads epsilon uniformly over all V classes (torch's definition).
+# The trainer smooths only the training loss; evaluation reports the plain
+# cross-entropy, so validation losses stay comparable across settings.
+def lm_loss(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> LossOutput:
     """Next-token cross-entropy: position t predicts ``labels[:, t + 1]``; -100 is ignored.
     A task's ``position_ids`` (place-value formats), when present, go to the model."""
     if "position_ids" in batch:
         logits = model(batch["input_ids"], batch.get("attention_mask"), batch["position_ids"])  # (B, T, V)
     else:
         logits = model(batch["input_ids"], batch.get("attention_mask"))  # (B, T, V)
-    return _token_ce(logits[:, :-1], batch["labels"][:, 1:])
+    return _token_ce(logits[:, :-1], batch["labels"][:, 1:], label_smoothing)
 
 
-def seq2seq_loss(model: nn.Module, batch: Batch) -> LossOutput:
+def seq2seq_loss(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> LossOutput:
     """Target cross-entropy; the model shifts ``labels`` right itself, so position t predicts ``labels[:, t]``."""
     logits = model(
         batch["encoder_input_ids"],
         labels=batch["labels"],
         encoder_attention_mask=batch.get("encoder_attention_mask"),
     )  # (B, T, V)
-    return _token_ce(logits, batch["labels"])
+    return _token_ce(logits, batch["labels"], label_smoothing)
 
 
-def classification_loss(model: nn.Module, batch: Batch) -> LossOutput:
+def classification_loss(model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> LossOutput:
     """Cross-entropy of one class per example."""
     logits = model(batch["input_ids"], batch.get("attention_mask"))  # (B, K)
     labels = batch["labels"]
-    loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
+    loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum", label_smoothing=label_smoothing)
     return LossOutput(loss_sum, torch.tensor(labels.numel(), device=labels.device), logits, labels)
 
 
@@ -93,10 +102,19 @@ LOSSES: dict[str, Callable[[nn.Module, Batch], LossOutput]] = {
 """Loss function of each task kind."""
 
 
-def loss_for(kind: str) -> Callable[[nn.Module, Batch], LossOutput]:
+def loss_for(kind: str, label_smoothing: float = 0.0) -> Callable[[nn.Module, Batch], LossOutput]:
+    """The loss of task kind ``kind``; with ``label_smoothing`` > 0, its smoothed form.
+
+    Raises:
+        ConfigError: label smoothing for a kind without classes (regression).
+    """
     if kind not in LOSSES:
         raise unknown_name("task kind", kind, LOSSES)
-    return LOSSES[kind]
+    if not label_smoothing:
+        return LOSSES[kind]
+    if kind == "regression":
+        raise ConfigError(f"train.label_smoothing={label_smoothing} needs classes; a regression task has none (use 0)")
+    return functools.partial(LOSSES[kind], label_smoothing=label_smoothing)
 
 
 def target_count(kind: str, batch: Batch) -> int:

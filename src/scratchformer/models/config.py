@@ -131,6 +131,23 @@ class EncoderDecoderConfig(TransformerConfig):
     ``vocab_size`` is unused (kept 1 by default); the decoder's start token is
     ``decoder_start_token_id``, or, if None, an extra id ``tgt_vocab_size``
     that exists only as a decoder input (never predicted).
+
+    ``decoder_causal=False`` drops the decoder's look-ahead mask (tutorial 000's
+    "base" model): trained teacher-forced, position t then sees the target it
+    must predict through the shifted input at t + 1, so it scores well
+    teacher-forced and badly when it generates. Such a decoder cannot decode
+    with a key/value cache (every step recomputes the whole prefix).
+
+    Place-value positions (position coupling, Cho et al. 2024; Abacus,
+    McLeish et al. 2024), for absolute schemes (learned, sinusoidal):
+    ``position_restart_token_id`` numbers the encoder's positions afresh
+    after each occurrence of that token, so with digits written least
+    significant first the i-th digit of every operand has position i, the
+    position of the i-th answer digit a reversed answer puts there. With
+    ``train_position_offset`` = K > 0, training adds a random offset in
+    [0, K] to every position of an example (encoder and decoder alike), so
+    positions past the training lengths are trained too; evaluation uses
+    offset 0.
     """
 
     vocab_size: int = 1
@@ -141,6 +158,9 @@ class EncoderDecoderConfig(TransformerConfig):
     decoder_start_token_id: int | None = None
     src_pad_token_id: int | None = None
     tie_encoder_decoder_embeddings: bool = False  # needs equal vocabularies
+    decoder_causal: bool = True  # False: no look-ahead mask in the decoder (the tutorial's "base")
+    position_restart_token_id: int | None = None  # encoder positions restart after this token
+    train_position_offset: int = 0  # K: random position offset in [0, K] per training example
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,6 +172,25 @@ class EncoderDecoderConfig(TransformerConfig):
             raise ConfigError(
                 f"decoder_start_token_id={self.decoder_start_token_id} is outside the target vocabulary "
                 f"[0, {self.tgt_vocab_size}); leave it None to add a dedicated start token"
+            )
+        if self.position_restart_token_id is not None and not 0 <= self.position_restart_token_id < self.src_vocab_size:
+            raise ConfigError(
+                f"position_restart_token_id={self.position_restart_token_id} is outside the source vocabulary "
+                f"[0, {self.src_vocab_size})"
+            )
+        if isinstance(self.train_position_offset, bool) or not isinstance(self.train_position_offset, int) \
+                or self.train_position_offset < 0:
+            raise ConfigError(f"train_position_offset={self.train_position_offset!r} must be an integer >= 0")
+        moved = self.position_restart_token_id is not None or self.train_position_offset > 0
+        if moved and self.positional not in ("learned", "sinusoidal"):
+            raise ConfigError(
+                f"position_restart_token_id / train_position_offset move absolute positions; positional="
+                f"{self.positional!r} does not read them: use positional='learned' or 'sinusoidal'"
+            )
+        if self.train_position_offset >= self.max_len:
+            raise ConfigError(
+                f"train_position_offset={self.train_position_offset} leaves no room in max_len={self.max_len}; "
+                f"raise max_len to at least train_position_offset + the longest sequence"
             )
         if self.tie_encoder_decoder_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ConfigError(

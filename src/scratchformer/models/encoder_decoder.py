@@ -5,6 +5,7 @@ Legend: B batch, S source length, T target length, C width, V target vocabulary.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,19 +34,47 @@ class EncoderDecoder(nn.Module):
         self.src_embed = Embedder(config, config.src_vocab_size)
         self.tgt_embed = Embedder(config, config.tgt_vocab_size + extra)
         self.encoder = Stack(config, config.n_encoder_layer, causal=False)
-        self.decoder = Stack(config, config.n_decoder_layer, causal=True, cross_attention=True)
+        self.decoder = Stack(config, config.n_decoder_layer, causal=config.decoder_causal, cross_attention=True)
         # tied: logits reuse the target embedding rows, so there is no separate head
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
         init_weights(self, config.init_std, config.init)
         if config.tie_encoder_decoder_embeddings:
             self.tgt_embed.tok.weight = self.src_embed.tok.weight
 
+    @property
+    def supports_cache(self) -> bool:
+        """Whether incremental decoding with a key/value cache gives the same logits as recomputing."""
+        return self.tgt_embed.pos.supports_cache and self.config.decoder_causal
+
+    def source_positions(self, encoder_input_ids: Tensor, offset: Tensor | None = None) -> Tensor | None:
+        """(B, S) position ids of the source: numbered afresh after each
+        ``position_restart_token_id``, plus ``offset`` (B, 1); None when both
+        are unused (the plain 0..S-1)."""
+        restart = self.config.position_restart_token_id
+        if restart is None and offset is None:
+            return None
+        B, S = encoder_input_ids.shape
+        index = torch.arange(S, device=encoder_input_ids.device).expand(B, S)  # (B, S)
+        if restart is None:
+            positions = index
+        else:
+            after = torch.zeros_like(encoder_input_ids, dtype=torch.bool)  # (B, S): the token before is a restart
+            after[:, 1:] = encoder_input_ids[:, :-1] == restart
+            segment_start = torch.where(after, index, 0).cummax(dim=1).values  # (B, S)
+            positions = index - segment_start
+        return positions if offset is None else positions + offset
+
     def encode(
-        self, encoder_input_ids: Tensor, encoder_attention_mask: Tensor | None = None, output_attentions: bool = False
+        self,
+        encoder_input_ids: Tensor,
+        encoder_attention_mask: Tensor | None = None,
+        output_attentions: bool = False,
+        position_offset: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[dict[str, Tensor]]]:
-        """(B, S) -> memory (B, S, C), and the encoder's per-layer {"self": (B, H, S, S)} when asked."""
+        """(B, S) -> memory (B, S, C), and the encoder's per-layer {"self": (B, H, S, S)} when asked.
+        ``position_offset`` (B, 1) shifts every source position (training only, see the config)."""
         check_mask(encoder_attention_mask, *encoder_input_ids.shape, "encoder_attention_mask")
-        x = self.src_embed(encoder_input_ids)
+        x = self.src_embed(encoder_input_ids, position_ids=self.source_positions(encoder_input_ids, position_offset))
         x, attentions = self.encoder(
             x, self.src_embed.pos, key_padding=encoder_attention_mask, need_weights=output_attentions
         )
@@ -56,6 +85,9 @@ class EncoderDecoder(nn.Module):
         known) and cross-attention (filled once from the encoder output)."""
         if not self.tgt_embed.pos.supports_cache:
             raise ValueError(f"positional={self.config.positional!r} cannot decode with a cache; pass use_cache=False")
+        if not self.config.decoder_causal:
+            raise ValueError("a decoder without the causal mask (decoder_causal=False) cannot decode with a cache: "
+                             "each new token changes what earlier positions see; pass use_cache=False")
         n = len(self.decoder.blocks)
         return ModelCache([KVCache(capacity=capacity) for _ in range(n)], [KVCache(static=True) for _ in range(n)])
 
@@ -67,10 +99,14 @@ class EncoderDecoder(nn.Module):
         decoder_attention_mask: Tensor | None = None,
         cache: ModelCache | None = None,
         output_attentions: bool = False,
+        position_offset: Tensor | None = None,
     ) -> tuple[Tensor, list[dict[str, Tensor]]]:
-        """decoder_input_ids (B, T), memory (B, S, C) -> logits (B, T, V)."""
+        """decoder_input_ids (B, T), memory (B, S, C) -> logits (B, T, V); ``position_offset`` as in ``encode``."""
         start = cache.length if cache is not None else 0
-        x = self.tgt_embed(decoder_input_ids, start)  # (B, T, C)
+        positions = None
+        if position_offset is not None:  # (B, 1) + (T,) -> (B, T)
+            positions = position_offset + torch.arange(start, start + decoder_input_ids.size(1), device=position_offset.device)
+        x = self.tgt_embed(decoder_input_ids, start, position_ids=positions)  # (B, T, C)
         x, attentions = self.decoder(
             x,
             self.tgt_embed.pos,
@@ -112,11 +148,17 @@ class EncoderDecoder(nn.Module):
                 raise ValueError("pass decoder_input_ids or labels (the targets, shifted right internally)")
             pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
             decoder_input_ids = shift_right(labels, self.config.start_token_id, pad)
-        encoded = self.encode(encoder_input_ids, encoder_attention_mask, output_attentions)
+        offset = None
+        if self.training and self.config.train_position_offset > 0:  # train every position id (see the config)
+            longest = max(encoder_input_ids.size(1), decoder_input_ids.size(1))
+            high = min(self.config.train_position_offset, self.config.max_len - longest)
+            offset = torch.randint(0, high + 1, (encoder_input_ids.size(0), 1), device=encoder_input_ids.device)
+        encoded = self.encode(encoder_input_ids, encoder_attention_mask, output_attentions, offset)
         memory, enc_att = encoded if output_attentions else (encoded, None)
         check_mask(decoder_attention_mask, *decoder_input_ids.shape, "decoder_attention_mask")
         logits, dec_att = self.decode(
-            decoder_input_ids, memory, encoder_attention_mask, decoder_attention_mask, output_attentions=output_attentions
+            decoder_input_ids, memory, encoder_attention_mask, decoder_attention_mask, output_attentions=output_attentions,
+            position_offset=offset,
         )
         if output_attentions:
             return logits, {"encoder": enc_att, "decoder": dec_att}

@@ -83,7 +83,10 @@ class Embedder(nn.Module):
         x = self.tok(ids if ids.dtype in (torch.int64, torch.int32) else ids.long())  # (B, T, C)
         if self.scale != 1.0:
             x = x * self.scale
-        positions = position_ids if position_ids is not None else self.positions[start : start + T]  # (T,)
+        if position_ids is not None and position_ids.numel() and not torch.compiler.is_compiling() \
+                and int(position_ids.max()) >= self.max_len:
+            check_length(int(position_ids.max()) + 1, self.max_len)
+        positions = position_ids if position_ids is not None else self.positions[start : start + T]  # (T,) or (B, T)
         x = self.pos.embed(x, positions)
         if self.types is not None:
             if token_type_ids is None:

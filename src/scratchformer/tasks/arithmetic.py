@@ -514,6 +514,13 @@ class AdditionSeq2SeqConfig(TaskConfig):
     Target: ``a + b`` written normally (NOT reversed), then ``#``, then ``0``s
     up to ``L + 1`` characters.
 
+    Two format options go beyond the tutorial (both off by default):
+    ``reverse_answer`` writes the sum least significant digit first, so each
+    answer digit depends only on the digits of the same place value and the
+    carry from the previous one; ``zero_padding=False`` ends the source after
+    ``b`` and the target after ``#`` (collate padding, masked and loss-free,
+    fills the rest), so where a number ends is visible in the input.
+
     Attributes: as :class:`DifferenceSignConfig`. The tutorial evaluates
     lengths 3..20; the default test lengths start at 5 because the default
     training set already holds every problem of lengths 3 and 4 (81 and 1 701
@@ -527,10 +534,15 @@ class AdditionSeq2SeqConfig(TaskConfig):
     base: int = 10
     exclude_train_from_eval: bool = True
     if_too_few: ShortfallPolicy = "take_all"
+    reverse_answer: bool = False
+    zero_padding: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_per_length_config(self, "an addition 'a+b'", "+")
+        for name in ("reverse_answer", "zero_padding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
 
 
 @register_task("addition_seq2seq")
@@ -621,10 +633,16 @@ class AdditionSeq2SeqTask(_PerLengthTask, GenerativeTask):
 
         tcol = np.arange(width + 1)[None, :]  # (1, W + 1)
         ds = digits_lsf(s, width + 1, k)
-        s_digit = np.take_along_axis(ds, np.clip(ns - 1 - tcol, 0, width), axis=1)  # most significant first
+        if self.config.reverse_answer:
+            s_digit = ds  # least significant first
+        else:
+            s_digit = np.take_along_axis(ds, np.clip(ns - 1 - tcol, 0, width), axis=1)  # most significant first
         tgt = (np.where(tcol < ns, s_digit, 0) + ord("0")).astype(np.uint8)
         tgt[tcol == ns] = ord("#")
         tgt[tcol >= lengths[:, None] + 1] = 0
+        if not self.config.zero_padding:
+            src[col > na + nb] = 0
+            tgt[tcol > ns] = 0
         return src, tgt
 
     def _make_dataset(self, problems: np.ndarray, lengths: np.ndarray) -> ExampleDataset:
@@ -667,6 +685,7 @@ class AdditionSeq2SeqTask(_PerLengthTask, GenerativeTask):
     def check_answer(self, prompt: str | Sequence[int], generated_text: str) -> bool:
         """True iff ``generated_text`` starts with the sum of the source's numbers, then ``#``.
 
+        The sum is read least significant digit first under ``reverse_answer``.
         The digits after ``#`` are padding and not checked. ``prompt`` is the
         source text or its token ids. Raises DataError on a malformed prompt.
         """
@@ -681,7 +700,8 @@ class AdditionSeq2SeqTask(_PerLengthTask, GenerativeTask):
             raise DataError(f"{text!r} has a digit outside base {k}") from None
         generated = generated_text.replace("<BOS>", "", 1) if generated_text.startswith("<BOS>") else generated_text
         answer, hash_sign, _ = generated.partition("#")
-        return bool(hash_sign) and answer == to_base(total, k)
+        expected = to_base(total, k)
+        return bool(hash_sign) and answer == (expected[::-1] if self.config.reverse_answer else expected)
 
 
 # ====================================================================== 3. GPT adder

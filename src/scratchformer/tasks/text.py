@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+from importlib import resources
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +42,36 @@ _ENCODE_CHUNK_CHARS = 1 << 22  # encode long texts in ~4M-character pieces split
 
 
 # ---------------------------------------------------------------------- reading text
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_DATA = {"tinyshakespeare": "tinyshakespeare.txt"}
+"""Corpora shipped inside the package (``scratchformer/data/``), named in a config as
+``path = "bundled:tinyshakespeare"``. Tiny Shakespeare is public-domain text (about 1.1 MB)."""
+
+
+def resolve_data_path(path: str | os.PathLike[str]) -> Path:
+    """``bundled:NAME`` -> the packaged file; any other path is returned as a Path.
+
+    Raises:
+        DataError: an unknown bundled name (listing the known ones).
+    """
+    text = str(path)
+    if not text.startswith(BUNDLED_PREFIX):
+        return Path(path)
+    name = text[len(BUNDLED_PREFIX) :]
+    if name not in BUNDLED_DATA:
+        raise DataError(f"{text!r} is not a bundled corpus; bundled ones are "
+                        f"{[BUNDLED_PREFIX + n for n in BUNDLED_DATA]}")
+    return Path(str(resources.files("scratchformer") / "data" / BUNDLED_DATA[name]))
+
+
 def read_text_file(path: str | os.PathLike[str]) -> str:
-    """The whole file decoded as UTF-8.
+    """The whole file decoded as UTF-8 (``bundled:tinyshakespeare`` names the packaged corpus).
 
     Raises:
         DataError: the file is missing, is not UTF-8 (naming the byte offset),
             or holds no non-whitespace text.
     """
-    path = Path(path)
+    path = resolve_data_path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -252,7 +275,7 @@ class TextLMConfig(TaskConfig):
     """Language modelling on one UTF-8 text file.
 
     Attributes:
-        path: the text file (e.g. /work/shared/data/tinyshakespeare.txt).
+        path: the text file, or ``bundled:tinyshakespeare`` for the corpus shipped in the package.
         tokenizer: "char" (fitted on the whole file), "bpe" (trained on the
             training part) or a saved tokenizer JSON path.
         vocab_size: BPE vocabulary size.
@@ -309,7 +332,9 @@ class TextLMTask(PrebuiltSplitsTask):
         self.tokenizer = resolve_tokenizer(
             config.tokenizer, [train_chars], config.vocab_size, config.cache_dir, content_hash=raw_hash
         )
-        self.tokens = cached_token_array(text, raw_hash, self.tokenizer, config.cache_dir, stem=Path(config.path).stem)
+        self.tokens = cached_token_array(
+            text, raw_hash, self.tokenizer, config.cache_dir, stem=resolve_data_path(config.path).stem
+        )
         n = len(self.tokens)
         self.split_point = n - int(round(n * config.val_fraction))
         bs = config.block_size
@@ -386,7 +411,7 @@ def read_lines(path: str | os.PathLike[str]) -> list[str]:
         DataError: not UTF-8 (with the byte offset), a missing ``text``
             field, or an unknown file type.
     """
-    path = Path(path)
+    path = resolve_data_path(path)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return load_wikitext(split="train", data_files=str(path))

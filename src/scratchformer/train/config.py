@@ -59,6 +59,8 @@ class TrainConfig(Config):
         warmup_steps: linear warm-up length (noam, cosine).
         min_lr_ratio: cosine floor as a fraction of ``lr``.
         grad_clip: max global gradient norm; 0 disables clipping.
+        label_smoothing: epsilon of label smoothing in the training loss
+            (0: none); evaluation losses are never smoothed.
         device: "auto" (CUDA if available), "cpu" or "cuda[:i]".
         threads: CPU threads for torch (0: torch's default, one per core).
             On a busy machine 1 thread per process is often fastest.
@@ -99,6 +101,7 @@ class TrainConfig(Config):
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    label_smoothing: float = 0.0
     device: str = "auto"
     threads: int = 0
     precision: Precision = "auto"
@@ -130,6 +133,8 @@ class TrainConfig(Config):
                 raise ConfigError(f"TrainConfig.{name} must be a number >= 0, got {value!r}")
             if value > FLOAT32_MAX:  # the optimizers hold them as float32 tensors
                 raise ConfigError(f"TrainConfig.{name}={value!r} is beyond float32's range; use at most 3.4e38")
+        if not isinstance(self.label_smoothing, (int, float)) or not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"TrainConfig.label_smoothing={self.label_smoothing!r} must be in [0, 1) (e.g. 0.1)")
         if self.min_lr_ratio > 1:
             raise ConfigError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio} must be <= 1 (a fraction of lr)")
         if self.batch_size % self.grad_accum:

@@ -473,7 +473,8 @@ def setup(
         cfg=cfg, arch=effective.arch, effective=effective, info=info, device=device, run_dir=run_dir, task=task,
         train_ds=train_ds, raw_model=raw_model, train_model=train_model, eval_model=raw_model,
         optimizer=optimizer, sampler=ResumableSampler(len(train_ds), cfg.seed), schedule=schedule,
-        loss_fn=loss_for(task.kind), autocast=autocast_factory(use_bf16, device), fsdp=fsdp, kernels=kernels,
+        loss_fn=loss_for(task.kind, tc.label_smoothing),  # evaluation uses the plain loss
+        autocast=autocast_factory(use_bf16, device), fsdp=fsdp, kernels=kernels,
         eval_split=eval_split, best_metric=best_metric,
     )
     seed_everything(cfg.seed + info.rank)  # dropout differs between ranks, as with independent workers

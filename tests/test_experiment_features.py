@@ -1,0 +1,169 @@
+"""Features the tutorials' experiments need: the decoder's causal switch,
+place-value positions, label smoothing, the seq2seq adder's extra formats,
+teacher-forced accuracy by length."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchformer.errors import ConfigError
+from scratchformer.evaluate import evaluate_by_length, teacher_forced_by_length
+from scratchformer.generate import generate
+from scratchformer.models import EncoderDecoder, EncoderDecoderConfig
+from scratchformer.tasks import build_task
+from scratchformer.train import losses as L
+from scratchformer.train.config import TrainConfig
+
+torch.set_num_threads(2)
+V = 13
+
+
+def encdec(seed=0, **kw):
+    torch.manual_seed(seed)
+    base = dict(d_model=16, n_head=2, n_layer=2, max_len=40, init_std=0.3, src_vocab_size=V, tgt_vocab_size=V)
+    return EncoderDecoder(EncoderDecoderConfig(**{**base, **kw})).eval()
+
+
+def rand_ids(B, T, seed):
+    return torch.randint(1, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------- the decoder's causal switch
+@torch.no_grad()
+@pytest.mark.parametrize("causal", [True, False])
+def test_decoder_without_causal_mask_lets_the_future_change_the_past(causal):
+    model = encdec(decoder_causal=causal)
+    src, dec = rand_ids(2, 5, 1), rand_ids(2, 6, 2)
+    changed = dec.clone()
+    changed[:, -1] = (changed[:, -1] % (V - 1)) + 1  # another token at the last position only
+    before, after = model(src, decoder_input_ids=dec), model(src, decoder_input_ids=changed)
+    moved = (before[:, :-1] - after[:, :-1]).abs().max().item()
+    assert (moved == 0.0) if causal else (moved > 1e-3)
+
+
+@torch.no_grad()
+def test_non_causal_decoder_generates_without_a_cache_by_recomputing():
+    model = encdec(decoder_causal=False, seed=3)
+    assert not model.supports_cache and encdec().supports_cache
+    src = rand_ids(2, 5, 4)
+    out = generate(model, encoder_input_ids=src, max_new_tokens=5)
+    dec = torch.full((2, 1), model.config.start_token_id)
+    for _ in range(5):  # by hand: re-run the whole prefix each step
+        dec = torch.cat([dec, model(src, decoder_input_ids=dec)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, dec)
+    with pytest.raises(ValueError, match="decoder_causal=False"):
+        generate(model, encoder_input_ids=src, max_new_tokens=2, use_cache=True)
+
+
+# --------------------------------------------------------------------------- place-value positions
+def test_source_positions_restart_after_the_separator():
+    model = encdec(position_restart_token_id=10)
+    src = torch.tensor([[1, 2, 3, 10, 4, 5, 0], [7, 10, 1, 2, 3, 4, 5]])
+    assert model.source_positions(src).tolist() == [[0, 1, 2, 3, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4]]
+    assert model.source_positions(src, torch.tensor([[2], [0]])).tolist()[0] == [2, 3, 4, 5, 2, 3, 4]
+    assert encdec().source_positions(src) is None  # plain 0..S-1
+
+
+@torch.no_grad()
+def test_place_value_positions_reach_the_embeddings():
+    plain, coupled = encdec(seed=5), encdec(seed=5, position_restart_token_id=10)
+    src = torch.tensor([[1, 2, 10, 4, 5]])
+    a, b = plain.encode(src), coupled.encode(src)
+    assert not torch.allclose(a, b)
+    # the same as feeding the coupled ids to the plain model's embedder by hand
+    x = plain.src_embed(src, position_ids=torch.tensor([[0, 1, 2, 0, 1]]))
+    manual, _ = plain.encoder(x, plain.src_embed.pos)
+    torch.testing.assert_close(manual, b)
+
+
+def test_random_position_offset_acts_in_training_only():
+    model = encdec(seed=6, train_position_offset=8)
+    src, labels = rand_ids(3, 5, 7), rand_ids(3, 4, 8)
+    with torch.no_grad():
+        ev1, ev2 = model(src, labels=labels), model(src, labels=labels)
+        torch.testing.assert_close(ev1, ev2)
+        model.train()
+        torch.manual_seed(0)
+        tr1 = model(src, labels=labels)
+        torch.manual_seed(1)
+        tr2 = model(src, labels=labels)
+    assert not torch.allclose(tr1, tr2) and not torch.allclose(tr1, ev1)
+
+
+def test_position_options_are_checked():
+    with pytest.raises(ConfigError, match="positional='rope'"):
+        EncoderDecoderConfig(src_vocab_size=V, tgt_vocab_size=V, positional="rope", train_position_offset=4)
+    with pytest.raises(ConfigError, match="outside the source vocabulary"):
+        EncoderDecoderConfig(src_vocab_size=V, tgt_vocab_size=V, position_restart_token_id=V)
+    with pytest.raises(ConfigError, match="max_len"):
+        EncoderDecoderConfig(src_vocab_size=V, tgt_vocab_size=V, max_len=16, train_position_offset=16)
+
+
+# --------------------------------------------------------------------------- label smoothing
+def test_label_smoothing_is_the_smoothed_cross_entropy():
+    model = encdec(seed=9)
+    batch = {"encoder_input_ids": rand_ids(2, 5, 10), "labels": rand_ids(2, 4, 11)}
+    batch["labels"][1, 3] = -100
+    eps = 0.1
+    out = L.loss_for("seq2seq", eps)(model, batch)
+    logp = out.logits.float().log_softmax(-1)  # (B, T, V)
+    keep = batch["labels"] != -100
+    nll = -logp.gather(-1, batch["labels"].clamp(min=0)[..., None])[..., 0]
+    uniform = -logp.mean(-1)
+    by_hand = ((1 - eps) * nll + eps * uniform)[keep].sum()
+    torch.testing.assert_close(out.loss_sum, by_hand)
+    assert int(out.count) == 7
+    plain = L.loss_for("seq2seq")(model, batch).loss_sum
+    assert plain < out.loss_sum  # smoothing costs something on a near-random model's confident rows
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.0)
+    with pytest.raises(ConfigError, match="regression"):
+        L.loss_for("regression", 0.1)
+
+
+# --------------------------------------------------------------------------- the adder's formats
+@pytest.mark.parametrize("reverse_answer", [False, True])
+@pytest.mark.parametrize("zero_padding", [True, False])
+def test_seq2seq_adder_formats_round_trip(reverse_answer, zero_padding):
+    task = build_task("addition_seq2seq", train_lengths="3..6", test_lengths="7..12", train_examples_per_length=30,
+                      test_examples_per_length=20, reverse_answer=reverse_answer, zero_padding=zero_padding)
+    for p in task.prompts("test"):
+        left, right = p.text.split("+")
+        total = str(int(left[::-1]) + int(right[::-1]))
+        digits, _, rest = p.answer.partition("#")
+        assert digits == (total[::-1] if reverse_answer else total)
+        assert rest == ("0" * (p.length - len(total)) if zero_padding else "")
+        assert len(p.text) == p.length if zero_padding else len(p.text) == len(left) + 1 + len(right)
+        assert task.check_answer(p.ids, p.answer) and not task.check_answer(p.ids, "1" + p.answer)
+    batch = task.collate([task.dataset("test")[i] for i in range(8)])
+    tgt_tokens = (batch["labels"] != -100).sum(-1)
+    if not zero_padding:  # the loss covers the sum and '#' only
+        assert tgt_tokens.tolist() == [len(task.prompts("test")[i].answer) for i in range(8)]
+
+
+# --------------------------------------------------------------------------- teacher forcing by length
+@torch.no_grad()
+def test_teacher_forced_table_agrees_with_a_hand_count_and_differs_from_autoregressive():
+    task = build_task("addition_seq2seq", train_lengths="3..5", test_lengths="6..7", train_examples_per_length=20,
+                      test_examples_per_length=12)
+    tok = task.tokenizer
+    model = EncoderDecoder(EncoderDecoderConfig(src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size,
+                                                d_model=16, n_head=2, n_layer=1, max_len=16, init_std=0.5,
+                                                decoder_start_token_id=task.decoder_start_token_id)).eval()
+    table = teacher_forced_by_length(model, task, "test")
+    assert [r.length for r in table.rows] == [6, 7] and table.decoding == {"teacher_forced": True}
+    ds, lengths = task.dataset("test"), task.example_lengths("test")
+    for row in table.rows:
+        idx = np.flatnonzero(lengths == row.length)
+        batch = task.collate([ds[int(i)] for i in idx])
+        pred = model(batch["encoder_input_ids"], labels=batch["labels"]).argmax(-1)
+        hits = (pred == batch["labels"]).float()
+        assert math.isclose(row.token_accuracy, float(hits.mean()), rel_tol=1e-6)  # the tutorial's accuracy_fn
+        assert math.isclose(row.exact_match, float(hits.min(-1).values.mean()), rel_tol=1e-6)
+    auto = evaluate_by_length(model, task, "test")
+    assert [r.length for r in auto.rows] == [6, 7]
