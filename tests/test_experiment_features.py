@@ -4,6 +4,7 @@ teacher-forced accuracy by length."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -167,3 +168,88 @@ def test_teacher_forced_table_agrees_with_a_hand_count_and_differs_from_autoregr
         assert math.isclose(row.exact_match, float(hits.min(-1).values.mean()), rel_tol=1e-6)
     auto = evaluate_by_length(model, task, "test")
     assert [r.length for r in auto.rows] == [6, 7]
+
+
+# --------------------------------------------------------------------------- the language-modelling practical
+LINES = ["First Citizen:", "Before we proceed any further, hear me speak.", "All:", "Speak, speak.",
+         "You are all resolved rather to die than to famish?", "Resolved. resolved.",
+         "First, you know Caius Marcius is chief enemy to the people.", "We know't, we know't."] * 4
+
+
+def _lines_file(tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    return path
+
+
+def test_gpt2_tokenizer_from_local_vocab_and_merges_files(tmp_path):
+    from scratchformer.tokenizers import BPETokenizer
+
+    source = BPETokenizer.train(LINES, vocab_size=300)
+    gpt2_dir = tmp_path / "gpt2"
+    gpt2_dir.mkdir()
+    source.backend.model.save(str(gpt2_dir))  # vocab.json + merges.txt, the files GPT-2 ships
+    task = build_task("text_lines_lm", path=str(_lines_file(tmp_path)), tokenizer=f"gpt2:{gpt2_dir}", max_length=16)
+    assert task.tokenizer.encode(LINES[1]) == source.encode(LINES[1])
+    with pytest.raises(ConfigError, match="gpt2:<directory"):
+        build_task("text_lines_lm", path=str(_lines_file(tmp_path)), tokenizer="gtp2")
+
+
+def _lm_run(tmp_path, *extra):
+    from scratchformer.train import train
+    from scratchformer.train.config import resolve_config
+
+    cfg = resolve_config(None, [
+        "model.arch=gpt", "model.d_model=32", "model.n_head=2", "model.n_layer=2",
+        "task.name=text_lines_lm", f"task.path={_lines_file(tmp_path)}", "task.tokenizer=bpe", "task.vocab_size=300",
+        f"task.cache_dir={tmp_path / 'cache'}", "task.max_length=24", "task.val_fraction=0.25",
+        "train.batch_size=8", "train.eval_every=10", "train.checkpoint_every=0", "train.progress=false",
+        "train.threads=1", "train.log_every=1", f"train.out_dir={tmp_path / 'runs'}", *extra,
+    ])
+    return train(cfg)
+
+
+def test_padded_lines_are_loss_free_and_the_initial_loss_is_ln_v(tmp_path):
+    from scratchformer.train.run import build_model
+
+    task = build_task("text_lines_lm", path=str(_lines_file(tmp_path)), tokenizer="bpe", vocab_size=300,
+                      cache_dir=str(tmp_path / "c"), max_length=24)
+    batch = task.collate([task.dataset("train")[i] for i in range(8)])
+    lengths = batch["attention_mask"].sum(-1)
+    assert len(set(lengths.tolist())) > 1  # the batch really is padded
+    assert ((batch["labels"] == -100) == (batch["attention_mask"] == 0)).all()
+    torch.manual_seed(0)
+    model, _ = build_model({"arch": "gpt", "d_model": 64, "n_head": 2, "n_layer": 2}, task)
+    out = L.loss_for("lm")(model.eval(), batch)
+    assert int(out.count) == int((lengths - 1).sum())  # real next-token targets only
+    V = task.tokenizer.vocab_size
+    assert abs(float(out.loss_sum.detach() / out.count) - math.log(V)) < 0.05  # small init: near-uniform predictions
+
+
+def test_tensorboard_events_are_written_and_read_back(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = _lm_run(tmp_path, "train.steps=20", "train.log_tensorboard=true")
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "val/loss", "val/perplexity"} <= set(tags)
+    val = events.Scalars("val/loss")
+    metrics = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [m for m in metrics if m.get("split") == "val"]
+    assert [e.step for e in val] == [m["step"] for m in logged] and {10, 20} <= {e.step for e in val}
+    assert [e.value for e in val] == pytest.approx([m["loss"] for m in logged], rel=1e-6)
+    train_steps = [e.step for e in events.Scalars("train/loss")]
+    assert train_steps == list(range(1, 21))
+    assert math.exp(val[-1].value) == pytest.approx(events.Scalars("val/perplexity")[-1].value, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_overfitting_one_batch_drives_the_loss_towards_zero(tmp_path):
+    # the practical's sanity check: one batch of 8 lines, seen again and again
+    result = _lm_run(tmp_path, "task.max_lines=8", "train.steps=150", "train.lr=3e-3", "train.warmup_steps=10",
+                     "train.weight_decay=0", "train.schedule=constant", "train.eval_every=0")
+    metrics = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if m.get("event") == "train"]
+    assert losses[0] > 4.0 and losses[-1] < 0.1

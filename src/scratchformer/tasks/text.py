@@ -108,7 +108,9 @@ def resolve_tokenizer(
 
     Args:
         spec: "char" (fit on ``texts``), "bpe" (train byte-level BPE of
-            ``vocab_size`` on ``texts``), the path of a saved tokenizer JSON,
+            ``vocab_size`` on ``texts``), "gpt2:DIR" (GPT-2's tokenizer from
+            the ``vocab.json`` and ``merges.txt`` in the local directory DIR;
+            nothing is downloaded), the path of a saved tokenizer JSON,
             or a Hugging Face model directory (its tokenizer files).
         content_hash: a hash of the training text; a trained BPE is cached
             under it (and ``vocab_size``) so it is trained once.
@@ -135,14 +137,18 @@ def resolve_tokenizer(
         if cached is not None:
             tokenizer.save(cached)
         return tokenizer
+    if spec.startswith("gpt2:"):
+        return BPETokenizer.from_gpt2_files(spec[len("gpt2:") :])
     path = Path(spec)
     if path.is_dir():  # a Hugging Face model directory: its own tokenizer files
         from scratchformer.interop.hf_dir import load_hf_tokenizer
 
         return load_hf_tokenizer(path)
     if not path.exists():
-        raise ConfigError(f"tokenizer={spec!r} is not 'char', 'bpe', an existing tokenizer JSON file or a "
-                          "Hugging Face model directory with tokenizer files")
+        raise ConfigError(
+            f"tokenizer={spec!r} is not 'char', 'bpe', 'gpt2:<directory with vocab.json and merges.txt>', "
+            "an existing tokenizer JSON file or a Hugging Face model directory with tokenizer files"
+        )
     return load_tokenizer(path)
 
 
