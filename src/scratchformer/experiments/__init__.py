@@ -29,3 +29,4 @@ __all__ = [
     "register_evaluation",
     "run_experiment",
 ]
+from . import tutorial_evaluations  # noqa: F401,E402  (registers the sequence experiments' evaluations)
