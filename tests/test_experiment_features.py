@@ -253,3 +253,20 @@ def test_overfitting_one_batch_drives_the_loss_towards_zero(tmp_path):
     metrics = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if m.get("event") == "train"]
     assert losses[0] > 4.0 and losses[-1] < 0.1
+
+
+def test_wikitext_offline_is_one_clear_error(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from scratchformer.errors import DataError
+    from scratchformer.tasks import text as text_mod
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError)\nmore detail")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError) as info:
+        build_task("text_lines_lm", wikitext="wikitext-103-raw-v1", tokenizer="char")
+    message = str(info.value)
+    assert "\n" not in message and "wikitext-103-raw-v1" in message and "Couldn't reach" in message
+    assert "task.path=" in message and "internet" in message
+    assert text_mod.load_wikitext is not None

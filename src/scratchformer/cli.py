@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -205,6 +206,9 @@ def _add_experiment_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="the experiment directory (default runs/experiments/NAME[-quick])")
     p.add_argument("--variants", metavar="A,B", help="run only these variants (comma-separated); the report "
                    "covers them. Processes given different variants may share one --out directory")
+    p.add_argument("--nanogpt", metavar="DIR",
+                   help="a nanoGPT checkout: shakespeare-char runs its train.py here too and compares wall times "
+                        "side by side (otherwise against a stored figure, with its machine named)")
 
 
 # ---------------------------------------------------------------------- train
@@ -541,6 +545,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             raise _usage(f"{item!r} is not a key=value override (the experiment is named once, first)")
     if args.seeds is not None and args.seeds < 1:
         raise _usage(f"--seeds {args.seeds} must be >= 1")
+    if args.nanogpt is not None:
+        from .experiments.tutorial_evaluations import NANOGPT_ENV, check_nanogpt_checkout
+
+        check_nanogpt_checkout(args.nanogpt)
+        os.environ[NANOGPT_ENV] = args.nanogpt  # read by the nanogpt_reference evaluation
     experiment = load_experiment(target)
     only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants is not None else None
     if only is not None and not only:

@@ -71,6 +71,8 @@ def top_at_n(ctx: RunContext, ns: list[int] | None = None, split: str = "test", 
     if _skip(ctx, variants):
         return Outcome()
     curve: dict[float, float] = {}
+    if ctx.quick:  # the quick version checks the plumbing, not the figure
+        max_problems = min(max_problems, 32)
     for n in ns or [1, 2, 4, 8, 16]:
         options: dict[str, Any] = {"do_sample": True, "temperature": temperature}
         if top_p is not None:
@@ -119,6 +121,7 @@ def training_cost(ctx: RunContext, steps: int = 30, variants: list[str] | None =
     columns "step ms" (mean wall time per step) and "peak MB" (the process's peak resident memory)."""
     if _skip(ctx, variants):
         return Outcome()
+    steps = min(steps, 5) if ctx.quick else steps
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
@@ -131,6 +134,25 @@ def training_cost(ctx: RunContext, steps: int = 30, variants: list[str] | None =
 
 
 # ---------------------------------------------------------------------- language models
+@register_evaluation("loss_curve", "run", "training and validation loss by step")
+def loss_curve(ctx: RunContext, variants: list[str] | None = None) -> Outcome:
+    """Curves "train loss" and "<split> loss" (step -> loss) from the run's metrics.jsonl, and the
+    column "last train loss" (the mean training loss of the last logged steps)."""
+    if _skip(ctx, variants):
+        return Outcome()
+    curves: dict[str, dict[float, float]] = {}
+    for line in (ctx.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("event") == "train":
+            curves.setdefault("train loss", {})[record["step"]] = record["loss"]
+        elif record.get("event") == "eval":
+            curves.setdefault(f"{record['split']} loss", {})[record["step"]] = record["loss"]
+    train = curves.get("train loss", {})
+    metrics = {"last train loss": train[max(train)]} if train else {}
+    return Outcome(metrics=metrics, curves=curves)
+
+
+
 @register_evaluation("samples", "run", "greedy and sampled continuations of prompts")
 def samples(ctx: RunContext, prompts: list[str] | None = None, max_new_tokens: int = 200, top_p: float = 0.9,
             temperature: float = 1.0, seed: int = 0, variants: list[str] | None = None) -> Outcome:
@@ -205,6 +227,15 @@ def nanogpt_command(iters: int, threads: int) -> list[str]:
             f"--max_iters={iters}", f"--lr_decay_iters={iters}", "--dropout=0.0", "--out_dir=out"]
 
 
+def check_nanogpt_checkout(checkout: str | os.PathLike) -> Path:
+    """ConfigError unless ``checkout`` holds the nanoGPT files the comparison runs."""
+    checkout = Path(checkout)
+    missing = [f for f in NANOGPT_FILES if not (checkout / f).is_file()]
+    if missing:
+        raise ConfigError(f"--nanogpt {str(checkout)!r} is not a nanoGPT checkout: it lacks {', '.join(missing)}")
+    return checkout
+
+
 def run_nanogpt(checkout: str | os.PathLike, iters: int = 2000) -> dict[str, Any]:
     """Run a nanoGPT checkout's train.py on the bundled tiny Shakespeare in a scratch copy of its
     needed files (the checkout is not written to, nothing is downloaded).
@@ -217,10 +248,7 @@ def run_nanogpt(checkout: str | os.PathLike, iters: int = 2000) -> dict[str, Any
     """
     from ..tasks.text import resolve_data_path
 
-    checkout = Path(checkout)
-    missing = [f for f in NANOGPT_FILES if not (checkout / f).is_file()]
-    if missing:
-        raise ConfigError(f"{str(checkout)!r} is not a nanoGPT checkout: it lacks {missing}")
+    checkout = check_nanogpt_checkout(checkout)
     with tempfile.TemporaryDirectory(prefix="nanogpt-") as tmp:
         work = Path(tmp)
         for f in NANOGPT_FILES:

@@ -388,7 +388,15 @@ def load_wikitext(
     except ImportError:
         raise ConfigError("load_wikitext needs Hugging Face datasets: pip install 'scratchformer[hf]'") from None
     if data_files is None:
-        ds = datasets.load_dataset("wikitext", name, split=split, cache_dir=cache_dir)
+        try:
+            ds = datasets.load_dataset("wikitext", name, split=split, cache_dir=cache_dir)
+        except Exception as err:  # offline, a proxy, a renamed dataset: datasets raises many types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DataError(
+                f"could not load wikitext {name!r} ({split}) through Hugging Face datasets: {first}. It needs the "
+                "internet the first time (then its cache); offline, train on a local file instead "
+                "(task.path=FILE.txt, or task.path=bundled:tinyshakespeare)"
+            ) from None
     else:
         first = data_files if not isinstance(data_files, dict) else next(iter(data_files.values()))
         first = first[0] if isinstance(first, (list, tuple)) else first
