@@ -17,7 +17,7 @@ from scratchformer.evaluate import evaluate_by_length, teacher_forced_by_length
 from scratchformer.generate import generate
 from scratchformer.models import EncoderDecoder, EncoderDecoderConfig
 from scratchformer.tasks import build_task
-from scratchformer.train import losses as L
+from scratchformer import losses as L
 from scratchformer.train.config import TrainConfig
 
 torch.set_num_threads(2)

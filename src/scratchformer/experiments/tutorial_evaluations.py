@@ -88,7 +88,7 @@ _COST_SCRIPT = """
 import json, resource, sys, time
 import torch
 from scratchformer.train import load_run
-from scratchformer.train.losses import loss_for
+from scratchformer.losses import loss_for
 from scratchformer.train.optim import build_optimizer
 run = load_run(sys.argv[1]); steps = int(sys.argv[2]); tc = run.config.train
 torch.manual_seed(run.config.seed)
@@ -203,14 +203,15 @@ def initial_loss(ctx: RunContext, split: str = "val", max_examples: int = 256,
     "initial loss" and "ln V". A small initialisation predicts nearly uniformly, so they agree."""
     import torch
 
-    from ..train.run import build_model
-    from ..train.trainer import evaluate_split
+    from ..evaluate import evaluate_split
+    from ..train.run import _construct, model_classes, model_config_for
 
     if _skip(ctx, variants):
         return Outcome()
     task = ctx.task()
-    torch.manual_seed(ctx.seed)
-    model, _ = build_model(ctx.config.model, task)
+    cfg = ctx.config
+    torch.manual_seed(cfg.seed)
+    model = _construct(model_classes(cfg.arch)[0], model_config_for(cfg.arch, cfg.given_model_options(), task))
     loss = evaluate_split(model, task, split, max_examples=max_examples)["loss"]
     return Outcome(metrics={"initial loss": loss, "ln V": math.log(task.tokenizer.vocab_size)})
 
