@@ -270,3 +270,32 @@ def test_wikitext_offline_is_one_clear_error(monkeypatch):
     assert "\n" not in message and "wikitext-103-raw-v1" in message and "Couldn't reach" in message
     assert "task.path=" in message and "internet" in message
     assert text_mod.load_wikitext is not None
+
+
+# --------------------------------------------------------------------------- nanoGPT side by side
+def test_nanogpt_flag_checks_the_checkout_before_any_work(capsys, tmp_path):
+    from scratchformer.cli import main
+
+    try:
+        code = main(["experiment", "shakespeare-char", "--quick", "--out", str(tmp_path / "out"),
+                     "--nanogpt", str(tmp_path)])
+    except SystemExit as e:
+        code = e.code
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "not a nanoGPT checkout" in err and "train.py" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_nanogpt_reference_falls_back_to_the_stored_figure_naming_the_machine(tmp_path, monkeypatch):
+    from scratchformer.experiments.evaluations import ExperimentContext
+    from scratchformer.experiments.tutorial_evaluations import NANOGPT_ENV, nanogpt_reference
+
+    monkeypatch.delenv(NANOGPT_ENV, raising=False)
+    run_dir = tmp_path / "fast" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps({"elapsed_s": 40.0, "splits": {"val": {"loss": 1.85}}}))
+    ctx = ExperimentContext(out_dir=tmp_path, plan=None, run_dirs={"fast/seed0": run_dir}, quick=False)
+    section = nanogpt_reference(ctx, "fast", stored={"Intel Xeon": 100.0, "AMD EPYC": 149.0})
+    assert section.metrics["time ratio"] in (0.4, pytest.approx(40 / 149))
+    assert "stored figure" in section.markdown and "--nanogpt" in section.markdown
+    assert ("met" in section.markdown) and section.metrics["ours val loss"] == 1.85
