@@ -164,6 +164,8 @@ def samples(ctx: RunContext, prompts: list[str] | None = None, max_new_tokens: i
 
     if _skip(ctx, variants):
         return Outcome()
+    if ctx.quick:  # the quick version checks the plumbing
+        max_new_tokens = min(max_new_tokens, 20)
     run = ctx.run()
     tok = run.tokenizer or ctx.task().tokenizer
     model = run.model
