@@ -188,7 +188,7 @@ def _add_generate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_experiment_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    """``scratchformer experiment NAME_OR_FILE``: --list, --quick, --seeds, --out."""
+    """``scratchformer experiment NAME_OR_FILE``: --list, --quick, --seeds, --out, --nanogpt."""
     p = sub.add_parser(
         "experiment",
         help="run an experiment: every variant over seeds, evaluated, with a report",
