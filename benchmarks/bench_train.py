@@ -477,7 +477,7 @@ def markdown(report: dict) -> str:
         lines += [
             f"**GPT {SHAPE['n_layer']} layers, {SHAPE['n_head']} heads, width {SHAPE['d_model']}, context {s['context']}, "
             f"batch {s['batch']}, {s['parameters']:,} parameters, tiny Shakespeare characters (vocab 65).** "
-            "scratchformer: the trainer's defaults (its optimizer factory's AdamW, no fused step; Linear kernels "
+            "scratchformer: the trainer's defaults (its optimizer factory's AdamW, fused (one kernel per step) as the trainer builds it by default; Linear kernels "
             "measured on this machine, see `scratchformer.nn.linear`); baseline: `torch.optim.AdamW` defaults and "
             "`nn.Linear` (`F.linear`). Neither clips gradients here. Both float32.",
             "",

@@ -52,8 +52,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- optimizers
+def _fused_supported(model: nn.Module) -> bool:
+    """torch's fused AdamW (one kernel for every parameter): floating parameters on the CPU or CUDA."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
+
+
 def _adamw(model: nn.Module, lr: float, weight_decay: float, **options: Any) -> torch.optim.Optimizer:
     options.setdefault("betas", (0.9, 0.95))
+    options.setdefault("fused", _fused_supported(model))
     return torch.optim.AdamW(_strip_names(param_groups(model, weight_decay)), lr=lr, **options)
 
 
