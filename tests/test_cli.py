@@ -317,3 +317,14 @@ def test_the_command_sets_the_cpu_wait_policy_before_torch_loads():
     env["OMP_WAIT_POLICY"] = "PASSIVE"  # the user's choice wins
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
     assert out.splitlines()[-1] == "[False] None PASSIVE"
+
+
+def test_thread_count_follows_the_idle_cpus():
+    """The command's torch threads: every available CPU when the machine is idle, fewer beside busy processes."""
+    from scratchformer.cpu_policy import thread_count
+
+    assert thread_count(2, 1.95) == 2   # idle 2-core machine
+    assert thread_count(2, 1.0) == 1    # one CPU-bound process beside us
+    assert thread_count(2, 0.1) == 1    # never zero
+    assert thread_count(4, 8.0) == 4    # never more than available
+    assert thread_count(2, None) == 2   # unreadable /proc/stat: all available CPUs
