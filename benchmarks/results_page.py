@@ -104,13 +104,9 @@ def recorded_cpu(name: str) -> str | None:
 
 
 def this_cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    from scratchformer.nn.linear import cpu_model  # the one reader of /proc/cpuinfo
+
+    return cpu_model()
 
 
 def cpu_line(name: str, command: str) -> str:
