@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from scratchformer.nn.linear import cpu_model
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(seed, Path(tmp)) for seed in args.seeds]
     lines = [
-        f"`scratchformer train seed=S` on {platform.machine()} with {os.cpu_count()} CPUs "
+        f"`scratchformer train seed=S` on {cpu_model()} with {os.cpu_count()} CPUs "
         f"(1-minute load average {load_before:.1f} before), via `python benchmarks/default_run.py`.",
         "",
         "| seed | test exact match | test token accuracy | test loss | val exact match | training (s) | wall time (s) |",
