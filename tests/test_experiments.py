@@ -208,3 +208,15 @@ def test_bad_experiment_file_is_one_line_exit_2(capsys, tmp_path, edit, expected
 def test_help_has_examples(capsys, cli):
     code, out, _ = cli("experiment", "--help")
     assert code == 0 and "examples:" in out and "--quick" in out and "resume" in out
+
+
+def test_a_run_recorded_before_a_new_config_field_still_counts_as_the_same_run():
+    from scratchformer.experiments.spec import config_digest, load_experiment, same_settings
+
+    planned = load_experiment("addition-gpt").plan().runs[0]
+    digest = config_digest(planned.config)
+    older = json.loads(json.dumps(digest))
+    del older["train"]["label_smoothing"]  # written before the field existed; its default is 0.0, not null
+    assert same_settings(older, digest)
+    older["train"]["lr"] = digest["train"]["lr"] * 2
+    assert not same_settings(older, digest)

@@ -402,10 +402,24 @@ def config_digest(cfg: RunConfig) -> dict[str, Any]:
 
 
 def same_settings(a: Any, b: Any) -> bool:
-    """Two digests describe the same run: equal, where a key one lacks counts as null (so a config
-    field added to scratchformer later, left at its null default, does not orphan finished runs)."""
+    """Two digests describe the same run: equal once each is read back through ``RunConfig`` (so a
+    config field added to scratchformer later, left at its default, does not orphan finished runs),
+    and where a key one lacks counts as null."""
+    return _same(_normalised(a), _normalised(b))
+
+
+def _normalised(digest: Any) -> Any:
+    if not isinstance(digest, dict):
+        return digest
+    try:
+        return config_digest(RunConfig.from_dict(digest))
+    except (ConfigError, TypeError, ValueError, KeyError):  # a digest the current RunConfig cannot read is compared as it stands
+        return digest
+
+
+def _same(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
-        return all(same_settings(a.get(k), b.get(k)) for k in set(a) | set(b))
+        return all(_same(a.get(k), b.get(k)) for k in set(a) | set(b))
     return a == b
 
 
