@@ -220,3 +220,12 @@ def test_a_run_recorded_before_a_new_config_field_still_counts_as_the_same_run()
     assert same_settings(older, digest)
     older["train"]["lr"] = digest["train"]["lr"] * 2
     assert not same_settings(older, digest)
+
+
+def test_ask_names_the_variant_it_could_not_ask_when_variants_left_it_out(tmp_path):
+    from scratchformer.experiments.evaluations import ExperimentContext, ask
+
+    plan = load_experiment("addition-gpt").plan(quick=True, only=["tutorial"])
+    ctx = ExperimentContext(out_dir=tmp_path, plan=plan, run_dirs={"tutorial/seed0": tmp_path}, quick=True)
+    section = ask(ctx, prompts=["7+5="], variant="fast")
+    assert "`fast`" in section.markdown and "Not asked" in section.markdown

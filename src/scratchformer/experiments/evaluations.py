@@ -328,7 +328,11 @@ def ask(ctx: ExperimentContext, prompts: list[str], variant: str | None = None) 
 
     plan = ctx.plan
     variant = variant or plan.variants[-1]
-    run_dir = ctx.run_dirs[f"{variant}/seed{plan.seeds[0]}"]
+    key = f"{variant}/seed{plan.seeds[0]}"
+    if key not in ctx.run_dirs:  # --variants left it out
+        return Section(title="Asking the model",
+                       markdown=f"Not asked: the variant `{variant}` was not among this invocation's variants.")
+    run_dir = ctx.run_dirs[key]
     lines = []
     for prompt in prompts:
         argv = ["generate", str(run_dir), prompt]
