@@ -144,7 +144,10 @@ class OracleSeq2Seq(nn.Module):
     def encode(self, src, mask=None):
         return src.float()[..., None]  # (B, S, 1): the memory is the source itself
 
-    def decode(self, dec, memory, enc_mask=None, dec_mask=None, cache=None):
+    def source_positions(self, src):
+        return None  # the plain 0..S-1
+
+    def decode(self, dec, memory, enc_mask=None, dec_mask=None, cache=None, source_positions=None):
         B, T = dec.shape
         logits = torch.zeros(B, T, self.config.tgt_vocab_size)
         for b in range(B):

@@ -99,10 +99,79 @@ def test_random_position_offset_acts_in_training_only():
 def test_position_options_are_checked():
     with pytest.raises(ConfigError, match="positional='rope'"):
         EncoderDecoderConfig(src_vocab_size=V, tgt_vocab_size=V, positional="rope", train_position_offset=4)
+    EncoderDecoderConfig(src_vocab_size=V, tgt_vocab_size=V, positional="place_rope", position_restart_token_id=10)
     with pytest.raises(ConfigError, match="outside the source vocabulary"):
         EncoderDecoderConfig(src_vocab_size=V, tgt_vocab_size=V, position_restart_token_id=V)
     with pytest.raises(ConfigError, match="max_len"):
         EncoderDecoderConfig(src_vocab_size=V, tgt_vocab_size=V, max_len=16, train_position_offset=16)
+
+
+# --------------------------------------------------------------------------- place-value rotary positions
+def _rotary_score(q, k, q_ids, k_ids, base=10000.0):
+    """Scores q_t . k_s / sqrt(D) after RoPE, written with complex numbers (not the module's tables):
+    pair (i, i + D/2) is one complex number, turned by id * base^(-2i/D); q (H, T, D), k (H, S, D)."""
+    D = q.size(-1)
+    theta = base ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # (D/2,)
+    qc = torch.complex(q[..., : D // 2].double(), q[..., D // 2 :].double())  # (H, T, D/2)
+    kc = torch.complex(k[..., : D // 2].double(), k[..., D // 2 :].double())  # (H, S, D/2)
+    turn = torch.polar(torch.ones((), dtype=torch.float64), (q_ids[:, None, None] - k_ids[None, :, None]).double() * theta)  # (T, S, D/2)
+    return (qc[:, :, None] * kc[:, None].conj() * turn).sum(-1).real / math.sqrt(D)  # (H, T, S)
+
+
+@torch.no_grad()
+def test_place_rope_cross_attention_turns_by_the_difference_of_places():
+    """The decoder's cross-attention weights, recomputed by hand: queries turned by the decoder's
+    index, keys by the source's place (numbered afresh after '+', id 10), keys more than the window
+    away weighted exactly 0, and a query with no key in its window still a distribution (no NaN)."""
+    model = encdec(seed=11, n_layer=1, norm_first=True, positional="place_rope", positional_options={"window": 1},
+                   position_restart_token_id=10)
+    src = torch.tensor([[1, 2, 3, 10, 4, 5]])  # places 0 1 2 3 0 1
+    dec = torch.tensor([[12, 7, 8, 9, 7, 8, 9]])  # decoder places 0..6; 5 and 6 have no key within 1
+    seen = {}
+    handle = model.decoder.blocks[0].cross_attn.register_forward_hook(
+        lambda m, args, kwargs, out: seen.update(x=args[0], context=kwargs["context"]), with_kwargs=True)
+    try:
+        _, att = model(src, decoder_input_ids=dec, output_attentions=True)
+    finally:
+        handle.remove()
+    got = att["decoder"][0]["cross"][0]  # (H, T, S)
+    attn = model.decoder.blocks[0].cross_attn
+    C, H = 16, 2
+    w, b = attn.in_proj.weight, attn.in_proj.bias
+    q = (seen["x"][0] @ w[:C].T + b[:C]).view(-1, H, C // H).transpose(0, 1)  # (H, T, D)
+    k = (seen["context"][0] @ w[C:2 * C].T + b[C:2 * C]).view(-1, H, C // H).transpose(0, 1)  # (H, S, D)
+    q_ids, k_ids = torch.arange(7), torch.tensor([0, 1, 2, 3, 0, 1])
+    far = (q_ids[:, None] - k_ids[None, :]).abs() > 1  # (T, S)
+    scores = _rotary_score(q, k, q_ids, k_ids)
+    near = ~far.all(-1)  # queries with some key in their window: far keys weigh exactly 0
+    expect = scores.masked_fill(far, -math.inf).softmax(-1)
+    torch.testing.assert_close(got[:, near].double(), expect[:, near], atol=1e-5, rtol=0)
+    assert (got[:, near] * far[near]).abs().max() == 0 and far[near].any()
+    # the others (places 5 and 6) fall back to every key: finite, as without a window (to float32's
+    # resolution of a score next to the window's bias)
+    assert not near.all() and torch.isfinite(got).all()
+    torch.testing.assert_close(got[:, ~near].double(), scores[:, ~near].softmax(-1), atol=1e-3, rtol=0)
+    # the places matter: numbering the source 0..5 instead changes the weights
+    plain = encdec(seed=11, n_layer=1, norm_first=True, positional="place_rope", positional_options={"window": 1})
+    assert not torch.allclose(plain(src, decoder_input_ids=dec, output_attentions=True)[1]["decoder"][0]["cross"], got[None])
+
+
+@torch.no_grad()
+def test_place_rope_sees_only_differences_of_places():
+    """Shifting every place id, encoder and decoder alike, changes nothing (so a training offset is
+    harmless); shifting only the source's changes the answer."""
+    model = encdec(seed=12, positional="place_rope", positional_options={"window": 2}, position_restart_token_id=10)
+    src, dec = torch.tensor([[1, 2, 3, 10, 4, 5, 6]]), torch.tensor([[12, 7, 8, 9, 7]])
+    memory = model.encode(src)
+    places = model.source_positions(src)
+    logits, _ = model.decode(dec, memory, source_positions=places)
+    shift = torch.tensor([[5]])
+    moved = model.encode(src, position_offset=shift)
+    moved_logits, _ = model.decode(dec, moved, source_positions=places + 5, position_offset=shift)
+    torch.testing.assert_close(moved, memory, atol=1e-5, rtol=0)
+    torch.testing.assert_close(moved_logits, logits, atol=1e-5, rtol=0)
+    source_only, _ = model.decode(dec, memory, source_positions=places + 5)
+    assert (source_only - logits).abs().max() > 1e-3
 
 
 # --------------------------------------------------------------------------- label smoothing

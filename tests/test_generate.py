@@ -44,13 +44,18 @@ def gpt(positional: str = "learned", seed: int = 0, **kw) -> GPT:
     return GPT(GPTConfig(**cfg)).eval()
 
 
-def encdec(positional: str = "learned", seed: int = 0) -> EncoderDecoder:
+def encdec(positional: str = "learned", seed: int = 0, **kw) -> EncoderDecoder:
     torch.manual_seed(seed)
     cfg = EncoderDecoderConfig(
         src_vocab_size=17, tgt_vocab_size=V, d_model=32, n_head=4, n_layer=2, max_len=40, positional=positional,
-        norm_first=True, init_std=0.3,
+        norm_first=True, init_std=0.3, **kw,
     )  # fmt: skip
     return EncoderDecoder(cfg).eval()
+
+
+PLACES = dict(positional_options={"window": 1}, position_restart_token_id=3)
+"""The adder's recipe on random tokens: place_rope with a window, source places restarting after id 3."""
+ENCDEC_POSITIONS = [(name, {}) for name in CACHEABLE] + [("place_rope", PLACES)]
 
 
 def prompt(B: int = 2, T: int = 5, seed: int = 1, vocab: int = V) -> torch.Tensor:
@@ -93,9 +98,10 @@ def test_gpt_cache_matches_no_cache_greedy_and_beam(positional):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("positional", CACHEABLE)
-def test_encoder_decoder_cache_matches_no_cache(positional):
-    model, src = encdec(positional), prompt(2, 6, vocab=17)
+@pytest.mark.parametrize("positional,options", ENCDEC_POSITIONS)
+def test_encoder_decoder_cache_matches_no_cache(positional, options):
+    model, src = encdec(positional, **options), prompt(2, 6, vocab=17)
+    src[:, 2] = 3  # a restart token (a plain token for the schemes without place ids)
     mask = torch.ones_like(src)
     mask[1, 4:] = 0  # right padding in the source
     kw = dict(encoder_input_ids=src, encoder_attention_mask=mask, max_new_tokens=10)
@@ -275,14 +281,18 @@ def test_left_padded_batch_equals_each_row_alone(positional):
             assert torch.equal(out[i, T:], alone[0, len(r) :]), (positional, use_cache, i)
 
 
-def test_encoder_padding_does_not_change_the_output():
-    model = encdec()
+@pytest.mark.parametrize("positional,options", [("learned", {}), ("place_rope", PLACES)])
+def test_encoder_padding_does_not_change_the_output(positional, options):
+    model = encdec(positional, **options)
     src = prompt(1, 5, vocab=17)
+    src[0, 2] = 3
     padded = torch.cat([src, torch.zeros(1, 3, dtype=torch.long)], dim=1)
     mask = torch.tensor([[1] * 5 + [0] * 3])
-    a = generate(model, encoder_input_ids=src, max_new_tokens=8)
-    b = generate(model, encoder_input_ids=padded, encoder_attention_mask=mask, max_new_tokens=8)
-    assert torch.equal(a, b)
+    kw = dict(max_new_tokens=8, return_dict_in_generate=True, output_logits=True)
+    a = generate(model, encoder_input_ids=src, **kw)
+    b = generate(model, encoder_input_ids=padded, encoder_attention_mask=mask, **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------- beam search

@@ -12,7 +12,7 @@ from scratchformer.errors import ConfigError, DataError
 from scratchformer.experiments import load_experiment
 from scratchformer.lengthgen import exact_match_by_length, with_attention_temperature
 from scratchformer.models import GPT, GPTConfig
-from scratchformer.nn.positional import build_positional
+from scratchformer.nn.positional import FAR, build_positional
 from scratchformer.tasks import build_task
 from scratchformer.tasks.lengthgen import FORMATS, HINTS, parse_user_problem
 
@@ -217,7 +217,11 @@ def test_place_rope_window_hides_keys_whose_place_ids_are_far():
     ids = torch.tensor([[0, 3, 2, 1, 0, 1, 2, 3]])
     bias = pos.attention_bias(0, 8, 8, True, torch.device("cpu"), ids)[0, 0]  # (T, S)
     far = (ids[0][:, None] - ids[0][None, :]).abs() > 1
-    assert torch.equal(torch.isinf(bias), far) and (bias[~far] == 0).all()
-    assert pos.attention_bias(0, 8, 8, True, torch.device("cpu")) is None  # no ids: no window
+    assert torch.equal(bias == FAR, far) and (bias[~far] == 0).all()
+    # no ids: the indices are the ids, and a cached query (start 5) sees keys 4..6 of 0..6
+    cached = pos.attention_bias(5, 1, 7, True, torch.device("cpu"))[0, 0, 0]  # (S,)
+    assert (cached == 0).tolist() == [False] * 4 + [True] * 3
+    with pytest.raises(ValueError, match="whole sequence"):
+        pos.attention_bias(5, 1, 7, True, torch.device("cpu"), torch.tensor([[3]]))
     with pytest.raises(ConfigError, match="window"):
         build_positional("place_rope", d_model=8, n_head=2, max_len=50, window=-1)

@@ -295,6 +295,7 @@ class _Runner:
         memory: Tensor | None,
         encoder_mask: Tensor | None,
         total: int,
+        source_positions: Tensor | None = None,
     ) -> None:
         self.model, self.encoder_decoder = model, encoder_decoder
         self.cache = self.fast = None
@@ -303,6 +304,7 @@ class _Runner:
             self.fast = _decode_step_for(model)
         self.mask, self.positions = mask, positions  # (N, L_max) or None
         self.memory, self.encoder_mask = memory, encoder_mask  # (N, S, C), (N, S)
+        self.source_positions = source_positions  # (N, S) or None: the encoder's position ids
 
     def next_logits(self, seq: Tensor) -> Tensor:
         L = seq.size(1)
@@ -313,7 +315,9 @@ class _Runner:
             return self.fast(seq.narrow(1, start, L - start), self.cache, mask, pos).float()  # (N, V)
         new = seq[:, start:]  # (N, L - start)
         if self.encoder_decoder:
-            logits, _ = self.model.decode(new, self.memory, self.encoder_mask, None, self.cache)
+            logits, _ = self.model.decode(
+                new, self.memory, self.encoder_mask, None, self.cache, source_positions=self.source_positions
+            )
         else:
             logits = self.model(new, attention_mask=mask, position_ids=pos, cache=self.cache, logits_to_keep=1)
         return logits[:, -1].float()  # (N, V)
@@ -463,16 +467,19 @@ def _prepare(
         device = input_ids.device
         total = T0 + cfg.max_new_tokens
         prompt = input_ids.long().repeat_interleave(R, dim=0)  # (N, T0)
-        mask = positions = memory = enc_mask = None
+        mask = positions = memory = enc_mask = src_positions = None
         if encdec:
-            src_mask = encoder_attention_mask
-            memory = model.encode(encoder_input_ids.long(), src_mask).repeat_interleave(R, dim=0)  # (N, S, C)
+            src, src_mask = encoder_input_ids.long(), encoder_attention_mask
+            memory = model.encode(src, src_mask).repeat_interleave(R, dim=0)  # (N, S, C)
             enc_mask = src_mask.repeat_interleave(R, dim=0) if src_mask is not None else None
+            src_positions = model.source_positions(src)  # (B, S) or None
+            if src_positions is not None:
+                src_positions = src_positions.repeat_interleave(R, dim=0)  # (N, S)
         elif attention_mask is not None and not bool(attention_mask.all()):
             m = attention_mask.long().repeat_interleave(R, dim=0)  # (N, T0)
             mask = torch.cat([m, m.new_ones(m.size(0), cfg.max_new_tokens)], dim=1)  # (N, total)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row starts at 0
-        runner = _Runner(model, encdec, use_cache, mask, positions, memory, enc_mask, total)
+        runner = _Runner(model, encdec, use_cache, mask, positions, memory, enc_mask, total, src_positions)
         eos_t = torch.tensor(eos, device=device) if eos else None
         return _Job(cfg, runner, prompt, input_ids.size(0), R, total, vocab, eos_t, pad, input_ids)
 

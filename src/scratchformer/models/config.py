@@ -139,15 +139,18 @@ class EncoderDecoderConfig(TransformerConfig):
     with a key/value cache (every step recomputes the whole prefix).
 
     Place-value positions (position coupling, Cho et al. 2024; Abacus,
-    McLeish et al. 2024), for absolute schemes (learned, sinusoidal):
-    ``position_restart_token_id`` numbers the encoder's positions afresh
-    after each occurrence of that token, so with digits written least
-    significant first the i-th digit of every operand has position i, the
-    position of the i-th answer digit a reversed answer puts there. With
-    ``train_position_offset`` = K > 0, training adds a random offset in
-    [0, K] to every position of an example (encoder and decoder alike), so
-    positions past the training lengths are trained too; evaluation uses
-    offset 0.
+    McLeish et al. 2024), for schemes that read position ids (learned,
+    sinusoidal, place, place_rope): ``position_restart_token_id`` numbers the
+    encoder's positions afresh after each occurrence of that token, so with
+    digits written least significant first the i-th digit of every operand
+    has position i, the position of the i-th answer digit a reversed answer
+    puts there. With ``train_position_offset`` = K > 0, training adds a random
+    offset in [0, K] to every position of an example (encoder and decoder
+    alike), so positions past the training lengths are trained too;
+    evaluation uses offset 0 (rotary schemes see only differences of ids,
+    which an offset leaves alone). With ``positional="place_rope"`` the ids
+    rotate queries and keys in all three attentions, cross-attention
+    included (decoder place t against operand place i).
     """
 
     vocab_size: int = 1
@@ -182,10 +185,11 @@ class EncoderDecoderConfig(TransformerConfig):
                 or self.train_position_offset < 0:
             raise ConfigError(f"train_position_offset={self.train_position_offset!r} must be an integer >= 0")
         moved = self.position_restart_token_id is not None or self.train_position_offset > 0
-        if moved and self.positional not in ("learned", "sinusoidal"):
+        if moved and not POSITIONAL[self.positional].reads_position_ids:
+            readers = [name for name, scheme in POSITIONAL.items() if scheme.reads_position_ids]
             raise ConfigError(
-                f"position_restart_token_id / train_position_offset move absolute positions; positional="
-                f"{self.positional!r} does not read them: use positional='learned' or 'sinusoidal'"
+                f"position_restart_token_id / train_position_offset move positions; positional="
+                f"{self.positional!r} does not read them: use one of {readers}"
             )
         if self.train_position_offset >= self.max_len:
             raise ConfigError(

@@ -74,9 +74,11 @@ class EncoderDecoder(nn.Module):
         """(B, S) -> memory (B, S, C), and the encoder's per-layer {"self": (B, H, S, S)} when asked.
         ``position_offset`` (B, 1) shifts every source position (training only, see the config)."""
         check_mask(encoder_attention_mask, *encoder_input_ids.shape, "encoder_attention_mask")
-        x = self.src_embed(encoder_input_ids, position_ids=self.source_positions(encoder_input_ids, position_offset))
+        positions = self.source_positions(encoder_input_ids, position_offset)  # (B, S) or None
+        x = self.src_embed(encoder_input_ids, position_ids=positions)
         x, attentions = self.encoder(
-            x, self.src_embed.pos, key_padding=encoder_attention_mask, need_weights=output_attentions
+            x, self.src_embed.pos, key_padding=encoder_attention_mask, need_weights=output_attentions,
+            positions=positions,
         )
         return (x, attentions) if output_attentions else x
 
@@ -100,8 +102,13 @@ class EncoderDecoder(nn.Module):
         cache: ModelCache | None = None,
         output_attentions: bool = False,
         position_offset: Tensor | None = None,
+        source_positions: Tensor | None = None,
     ) -> tuple[Tensor, list[dict[str, Tensor]]]:
-        """decoder_input_ids (B, T), memory (B, S, C) -> logits (B, T, V); ``position_offset`` as in ``encode``."""
+        """decoder_input_ids (B, T), memory (B, S, C) -> logits (B, T, V); ``position_offset`` as in ``encode``.
+
+        ``source_positions`` (B, S): the encoder's position ids, ``source_positions(encoder_input_ids,
+        position_offset)``, for a scheme whose cross-attention reads them (place_rope); None: 0..S-1.
+        The decoder's own ids are its indices (answer digit t of a reversed answer is place t)."""
         start = cache.length if cache is not None else 0
         positions = None
         if position_offset is not None:  # (B, 1) + (T,) -> (B, T)
@@ -116,6 +123,8 @@ class EncoderDecoder(nn.Module):
             context_padding=encoder_attention_mask,
             cache=cache,
             need_weights=output_attentions,
+            positions=positions,
+            context_positions=source_positions,
         )
         if self.lm_head is None:  # tied: the output projection is the target embedding
             logits = F.linear(x, self.tgt_embed.tok.weight[: self.config.tgt_vocab_size])  # (B, T, V)
@@ -158,7 +167,7 @@ class EncoderDecoder(nn.Module):
         check_mask(decoder_attention_mask, *decoder_input_ids.shape, "decoder_attention_mask")
         logits, dec_att = self.decode(
             decoder_input_ids, memory, encoder_attention_mask, decoder_attention_mask, output_attentions=output_attentions,
-            position_offset=offset,
+            position_offset=offset, source_positions=self.source_positions(encoder_input_ids, offset),
         )
         if output_attentions:
             return logits, {"encoder": enc_att, "decoder": dec_att}

@@ -238,8 +238,9 @@ class DecodeStep:
 
         x = self._embed(token_ids, start, position_ids).view(B * T, C)  # (B T, C): every matmul is 2-D
         device = x.device
-        rope = self.pos.rotary(start, T, device) if self.has_rotary else None  # 2 x (T, D) or None
-        bias = self.pos.attention_bias(start, T, S, True, device) if self.has_bias else None  # (H, T, S) or None
+        # as Stack.forward: a scheme that reads position ids (place_rope) gets them
+        rope = self.pos.rotary(start, T, device, position_ids) if self.has_rotary else None  # 2 x (T, D) or None
+        bias = self.pos.attention_bias(start, T, S, True, device, position_ids) if self.has_bias else None
         # as in forward: without padding or bias a square causal call lets SDPA build the triangle
         is_causal = attention_mask is None and bias is None and T == S
         mask = None  # one query without padding sees every key: nothing to mask

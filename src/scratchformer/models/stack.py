@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..nn.attention import KVCache
 from ..nn.blocks import Block, BlockSpec
 from ..nn.norm import build_norm
-from ..nn.positional import PositionalEncoding, build_positional
+from ..nn.positional import PositionalEncoding, build_positional, ids_or_indices
 from .config import TransformerConfig
 from .inputs import check_ids, check_length
 
@@ -139,11 +139,19 @@ class Stack(nn.Module):
         cache: ModelCache | None = None,
         need_weights: bool = False,
         positions: Tensor | None = None,
+        context_positions: Tensor | None = None,
     ) -> tuple[Tensor, list[dict[str, Tensor]]]:
+        """x (B, T, C) at positions start..start+T-1 (or a task's ``positions`` ids, (B, T)); ``context``
+        (B, S, C) with ids ``context_positions`` (B, S) (None: 0..S-1) for cross-attention.
+        Returns x (B, T, C) after the final norm, and each block's attention weights when asked."""
         T = x.size(1)
         S = start + T
         rope = pos.rotary(start, T, x.device, positions)  # positions: a task's (B, T) ids, for place_rope
         bias = pos.attention_bias(start, T, S, self.causal, x.device, positions)
+        cross = None
+        if context is not None:
+            query_ids = ids_or_indices(start, T, positions, x.device)  # (B or 1, T)
+            cross = pos.cross_attention(query_ids, ids_or_indices(0, context.size(1), context_positions, x.device))
         attentions = []
         for i, block in enumerate(self.blocks):
             x, w = block(
@@ -156,6 +164,7 @@ class Stack(nn.Module):
                 cache=cache.self_attn[i] if cache is not None else None,
                 cross_cache=cache.cross_attn[i] if cache is not None and cache.cross_attn else None,
                 need_weights=need_weights,
+                cross=cross,
             )
             attentions.append(w)
         return self.final_norm(x), attentions

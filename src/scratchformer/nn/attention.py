@@ -244,6 +244,7 @@ class MultiHeadAttention(nn.Module):
         bias: Tensor | None = None,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        key_rope: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """
         Args:
@@ -251,8 +252,11 @@ class MultiHeadAttention(nn.Module):
             context: (B, S, C) keys/values source for cross-attention, or None.
             key_padding: (B, S) 1 for real keys (for self-attention with a
                 cache, S counts the cached positions too).
-            rope: (cos, sin), each (T, D), rotary tables for the new positions.
-            bias: (H, T, S) additive score bias (ALiBi).
+            rope: (cos, sin), each (T, D) or (B, 1, T, D), rotary tables for the
+                new positions (self-attention: queries and keys; cross: queries).
+            bias: additive score bias broadcastable to (B, H, T, S) (ALiBi, a window).
+            key_rope: cross-attention only: (cos, sin), each (B or 1, 1, S, D),
+                rotary tables for the context's keys (applied before they are cached).
             cache: KVCache to read and extend (self) or fill once (cross).
             need_weights: also return the attention weights (B, H, T, S).
         Returns:
@@ -270,11 +274,15 @@ class MultiHeadAttention(nn.Module):
             w_q, w_kv = self.in_proj.weight.split([C, 2 * C])
             b_q, b_kv = (None, None) if self.in_proj.bias is None else self.in_proj.bias.split([C, 2 * C])
             q = self._heads(F.linear(x, w_q, b_q))  # (B, H, T, D)
+            if rope is not None:
+                q = apply_rotary(q, *rope)
             if cache is not None and cache.filled:
-                k, v = cache.keys_values()  # (B, H, S, D), computed at the first step
+                k, v = cache.keys_values()  # (B, H, S, D), computed (and rotated) at the first step
             else:
                 k, v = F.linear(context, w_kv, b_kv).split(C, dim=-1)  # 2 x (B, S, C)
                 k, v = self._heads(k), self._heads(v)  # (B, H, S, D)
+                if key_rope is not None:
+                    k = apply_rotary(k, *key_rope)
                 if cache is not None:
                     cache.set_static(k, v)
         S = k.size(2)

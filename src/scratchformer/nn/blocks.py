@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .attention import AttentionImpl, KVCache, MultiHeadAttention
 from .feedforward import FeedForward
 from .norm import build_norm
+from .positional import CrossPositions
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,14 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
         need_weights: bool = False,
+        cross: CrossPositions | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """
         Args:
             x: (B, T, C). key_padding: (B, S_self) 1 = real.
             context: (B, S, C) encoder output (decoder blocks); context_padding: (B, S).
             rope, bias, cache: see ``MultiHeadAttention``.
+            cross: positions in cross-attention (``PositionalEncoding.cross_attention``), or None.
         Returns:
             (x (B, T, C), {"self": weights, "cross": weights} when need_weights)
         """
@@ -108,6 +111,8 @@ class Block(nn.Module):
             weights["self"] = w
         if self.cross_attn is not None:
             attend = dict(context=context, key_padding=context_padding, cache=cross_cache, need_weights=need_weights)
+            if cross is not None:
+                attend.update(rope=cross.query_rope, key_rope=cross.key_rope, bias=cross.bias)
             x, w = self.residual(x, self.cross_attn_norm, self.cross_attn, **attend)
             if w is not None:
                 weights["cross"] = w

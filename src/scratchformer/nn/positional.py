@@ -1,12 +1,14 @@
 """Positional encodings, chosen by name from one registry.
 
-A scheme can act in up to three places, each a method with a do-nothing
+A scheme can act in up to four places, each a method with a do-nothing
 default, so the model never asks which scheme it holds:
 
 - ``embed(x, positions)``: add absolute encodings to the token embeddings
   (learned, sinusoidal, sinusoidal_xl);
 - ``rotary(start, T)``: cos/sin tables that rotate queries and keys (rope);
-- ``attention_bias(start, T, S)``: a bias added to the attention scores (alibi).
+- ``attention_bias(start, T, S)``: a bias added to the attention scores (alibi);
+- ``cross_attention(query_ids, key_ids)``: rotary tables and a bias for an
+  encoder-decoder's cross-attention (place_rope).
 
 Legend: B batch, T new positions, S key positions, C model width, H heads,
 D head width.
@@ -15,6 +17,7 @@ D head width.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +32,9 @@ class PositionalEncoding(nn.Module):
     #: False when the encoding of a position depends on the sequence length,
     #: which rules out incremental decoding with a key/value cache.
     supports_cache = True
+    #: True when the scheme reads the caller's position ids rather than only the indices
+    #: start..start+T-1 (the encoder-decoder's place-value switches need such a scheme).
+    reads_position_ids = False
 
     def __init__(self, *, d_model: int, n_head: int, max_len: int) -> None:
         super().__init__()
@@ -51,10 +57,47 @@ class PositionalEncoding(nn.Module):
         """A bias for the scores, (H, T, S) (or (B, 1, T, S) from the caller's ``positions``), or None."""
         return None
 
+    def cross_attention(self, query_ids: Tensor, key_ids: Tensor) -> CrossPositions | None:
+        """What cross-attention sees of positions: decoder queries of ids ``query_ids`` (B or 1, T)
+        meet encoder keys of ids ``key_ids`` (B or 1, S). None: nothing (the 2017 paper's choice)."""
+        return None
+
+
+class CrossPositions(NamedTuple):
+    """Positions in cross-attention: rotary tables for the queries and for the keys (each
+    (B or 1, 1, T or S, D), or None) and a score bias (B or 1, 1, T, S), or None."""
+
+    query_rope: tuple[Tensor, Tensor] | None
+    key_rope: tuple[Tensor, Tensor] | None
+    bias: Tensor | None
+
+
+def ids_or_indices(start: int, T: int, positions: Tensor | None, device: torch.device) -> Tensor:
+    """(B or 1, T): the caller's position ids of T tokens, or their indices start..start+T-1."""
+    if positions is not None:
+        return positions.view(-1, T)
+    return torch.arange(start, start + T, device=device)[None]
+
+
+FAR = -1e4
+"""The score bias of a key outside a window. Whenever some key lies within the window a far
+key's weight is exactly 0 (exp underflows, in float32 and bfloat16 alike), as with -inf; a query
+with no key in its window (a decoder position past the end of the answer) gets finite weights
+over every key instead of NaN, like an all-masked row in ``masks.ensure_visible``."""
+
+
+def window_bias(query_ids: Tensor, key_ids: Tensor, window: int) -> Tensor:
+    """(B or 1, 1, T, S): 0 where a key's id is within ``window`` of the query's, else ``FAR``.
+    query_ids: (B or 1, T); key_ids: (B or 1, S)."""
+    far = (query_ids[:, :, None] - key_ids[:, None, :]).abs() > window  # (B, T, S)
+    return torch.zeros(far.shape, device=far.device).masked_fill(far, FAR)[:, None]  # (B, 1, T, S)
+
 
 class LearnedPositions(PositionalEncoding):
     """A trained vector per position (GPT-2, BERT), added times ``scale`` (tutorial 000 adds it
     divided by sqrt(d_model): ``scale = d_model ** -0.5``)."""
+
+    reads_position_ids = True
 
     def __init__(self, *, d_model: int, n_head: int, max_len: int, scale: float = 1.0) -> None:
         super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
@@ -83,6 +126,8 @@ def vaswani_table(max_len: int, d_model: int, base: float = 10000.0) -> Tensor:
 
 class SinusoidalPositions(PositionalEncoding):
     """The fixed sine/cosine table of "Attention Is All You Need" (sin on even, cos on odd dims)."""
+
+    reads_position_ids = True
 
     def __init__(self, *, d_model: int, n_head: int, max_len: int, base: float = 10000.0) -> None:
         super().__init__(d_model=d_model, n_head=n_head, max_len=max_len)
@@ -196,15 +241,23 @@ class PlaceRotary(RotaryPositions):
     Position coupling (tasks/lengthgen.py) with rotary instead of learned
     vectors: a query of place i meets the keys of place i (and i - 1, for the
     carry) at the same id difference whatever i is, so no id needs to have
-    been trained and no random offset is needed. Without ``positions`` it is
-    plain RoPE. No key/value cache: decoding must pass every id again.
+    been trained and no random offset is needed. Without ``positions`` the ids
+    are the token indices (plain RoPE), so cached decoding works as for rope.
 
-    ``window`` > 0 also masks every key whose id differs from the query's by
-    more than ``window`` (given ``positions``): attention then only ever sees
-    id differences that training showed, however long the problem.
+    In an encoder-decoder the ids mean the same on both sides (operand digit i
+    and answer digit i have id i), so this scheme also rotates cross-attention:
+    queries by the decoder's ids, keys by the encoder's (plain rope leaves
+    cross-attention alone: indices of two different sequences mean nothing to
+    each other).
+
+    ``window`` > 0 also hides every key whose id differs from the query's by
+    more than ``window`` (a bias of ``FAR``), in self- and cross-attention:
+    attention then only ever sees id differences that training showed, however
+    long the problem. With caller ids the window needs the whole sequence at
+    once (the ids of cached keys are not kept).
     """
 
-    supports_cache = False
+    reads_position_ids = True
 
     def __init__(self, *, d_model: int, n_head: int, max_len: int, base: float = 10000.0, window: int = 0) -> None:
         super().__init__(d_model=d_model, n_head=n_head, max_len=max_len, base=base)
@@ -215,21 +268,27 @@ class PlaceRotary(RotaryPositions):
     def attention_bias(
         self, start: int, T: int, S: int, causal: bool, device: torch.device, positions: Tensor | None = None
     ) -> Tensor | None:
-        if not self.window or positions is None:
+        if not self.window:
             return None
-        if start or S != T:
-            raise ValueError("place_rope with a window needs the whole sequence at once (no cache)")
-        rows = positions.view(-1, T)  # (B or 1, T)
-        far = (rows[:, :, None] - rows[:, None, :]).abs() > self.window  # (B, T, S)
-        return torch.zeros(far.shape, device=device).masked_fill(far, float("-inf"))[:, None]  # (B, 1, T, S)
+        if positions is not None and (start or S != T):
+            raise ValueError("place_rope with a window and position ids needs the whole sequence at once (no cache)")
+        keys = positions if positions is not None else torch.arange(S, device=device)
+        return window_bias(ids_or_indices(start, T, positions, device), keys.view(-1, S), self.window)
 
     def rotary(
         self, start: int, T: int, device: torch.device, positions: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         if positions is None:
             return super().rotary(start, T, device)
-        rows = positions.view(-1, positions.size(-1))  # (B or 1, T)
-        return self.cos[rows][:, None], self.sin[rows][:, None]  # 2 x (B, 1, T, D)
+        return self._tables(positions.view(-1, positions.size(-1)))
+
+    def cross_attention(self, query_ids: Tensor, key_ids: Tensor) -> CrossPositions:
+        bias = window_bias(query_ids, key_ids, self.window) if self.window else None
+        return CrossPositions(self._tables(query_ids), self._tables(key_ids), bias)
+
+    def _tables(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """ids (B or 1, T) -> cos, sin, each (B or 1, 1, T, D)."""
+        return self.cos[ids][:, None], self.sin[ids][:, None]
 
 
 def alibi_slopes(n_head: int) -> Tensor:
@@ -280,6 +339,8 @@ class PlacePositions(PositionalEncoding):
     is needed for untrained ids, but one still helps the model not to rely on
     absolute places).
     """
+
+    reads_position_ids = True
 
     def __init__(
         self, *, d_model: int, n_head: int, max_len: int, max_offset: int = 0, table: str = "learned",
