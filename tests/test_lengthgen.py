@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import re
 
 import numpy as np
 import pytest
@@ -225,3 +227,49 @@ def test_place_rope_window_hides_keys_whose_place_ids_are_far():
         pos.attention_bias(5, 1, 7, True, torch.device("cpu"), torch.tensor([[3]]))
     with pytest.raises(ConfigError, match="window"):
         build_positional("place_rope", d_model=8, n_head=2, max_len=50, window=-1)
+
+
+def test_generated_answers_use_the_formats_place_ids_padded_batches_too():
+    """`scratchformer eval` decodes place-value formats with their ids: batched, left-padded generation
+    equals a whole-sequence greedy loop that gives every token its place id."""
+    from scratchformer.evaluate import generate_answers
+
+    task = build_task("addition_lengthgen", format="coupled", train_examples=50, val_examples_per_length=5,
+                      test_digits=[3, 7], test_examples_per_length=3, in_dist_examples=0, max_digits=12)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=task.tokenizer.vocab_size, d_model=32, n_head=2, n_layer=1,
+                          max_len=task.config.max_length, positional="place_rope",
+                          positional_options={"window": 2})).eval()
+    with torch.no_grad():
+        for w in model.parameters():
+            w.mul_(5)  # sharp logits: the greedy tokens depend on the ids they are given
+    prompts = task.prompts("test")
+    assert len({len(p.ids) for p in prompts}) > 1 and all(p.position_ids for p in prompts)
+    new = 6
+    got = generate_answers(model, task, prompts, max_new_tokens=new, eos_token_id=None)
+    for p, answer in zip(prompts, got):
+        ids, place = list(p.ids), list(p.position_ids)
+        with torch.no_grad():
+            for k in range(new):
+                logits = model(torch.tensor([ids]), None, torch.tensor([place[: len(ids)]]))
+                ids.append(int(logits[0, -1].argmax()))
+                if len(place) < len(ids) + 1:
+                    place.append(place[-1])
+        assert answer == ids[len(p.ids):]
+    ordinary = generate_answers(model, task, [dataclasses.replace(p, position_ids=None) for p in prompts],
+                                max_new_tokens=new, eos_token_id=None, use_cache=False)
+    assert ordinary != got  # the ids matter: this test would see them ignored
+
+
+def test_generate_refuses_malformed_position_ids():
+    from scratchformer.generate import generate
+
+    model = GPT(GPTConfig(vocab_size=10, d_model=16, n_head=2, n_layer=1, max_len=32)).eval()
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    for bad, words in ((torch.zeros(2, 3, dtype=torch.long), "(2, prompt length + max_new_tokens = 7)"),
+                       (torch.zeros(2, 7), "integer tensor"),
+                       (torch.full((2, 7), -1), "must be >= 0")):
+        with pytest.raises(DataError, match=re.escape(words)):
+            generate(model, prompt, max_new_tokens=4, position_ids=bad)
+    out = generate(model, prompt, max_new_tokens=4, position_ids=torch.arange(7).expand(2, 7))
+    assert torch.equal(out, generate(model, prompt, max_new_tokens=4))  # the default ids, given: the same tokens

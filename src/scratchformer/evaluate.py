@@ -509,9 +509,25 @@ def generate_answers(
         chunk = prompts[start : start + batch_size]
         inputs, new_from = _generation_inputs(task, tokenizer, chunk, device)
         options = _decoding_options(task, tokenizer, chunk, generate_options)
+        if task.kind != "seq2seq" and any(p.position_ids is not None for p in chunk):
+            inputs["position_ids"] = _given_positions(chunk, new_from, options["max_new_tokens"]).to(device)
         seqs = generate(model, **inputs, **options)
         out.extend(row[new_from:] for row in seqs.tolist())
     return out
+
+
+def _given_positions(prompts: Sequence[Any], width: int, new_tokens: int) -> Tensor:
+    """(B, width + new_tokens) position ids for left-padded GPT prompts that carry their own
+    (``Prompt.position_ids``): 0 on the padding, each prompt's ids, then its answer's ids (the last
+    one repeated past the end of what the prompt lists, where only padding follows EOS)."""
+    rows = []
+    for p in prompts:
+        ids = list(p.position_ids) if p.position_ids is not None else list(range(len(p.ids) + new_tokens))
+        n = len(p.ids)
+        answer = ids[n : n + new_tokens]
+        answer += [answer[-1] if answer else ids[n - 1]] * (new_tokens - len(answer))
+        rows.append([0] * (width - n) + ids[:n] + answer)
+    return torch.tensor(rows, dtype=torch.long)
 
 
 def _score_answer(task: Any, tokenizer: Any, prompt: Any, new_ids: list[int]) -> tuple[bool, float]:

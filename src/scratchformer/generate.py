@@ -296,12 +296,13 @@ class _Runner:
         encoder_mask: Tensor | None,
         total: int,
         source_positions: Tensor | None = None,
+        fast: bool = True,
     ) -> None:
         self.model, self.encoder_decoder = model, encoder_decoder
         self.cache = self.fast = None
         if use_cache:
             self.cache = model.new_cache(capacity=total)  # storage allocated once, at the final length
-            self.fast = _decode_step_for(model)
+            self.fast = _decode_step_for(model) if fast else None
         self.mask, self.positions = mask, positions  # (N, L_max) or None
         self.memory, self.encoder_mask = memory, encoder_mask  # (N, S, C), (N, S)
         self.source_positions = source_positions  # (N, S) or None: the encoder's position ids
@@ -419,6 +420,22 @@ def _check_decoder_only_inputs(
             )
 
 
+def _check_position_ids(position_ids: Tensor, encdec: bool, batch: int, total: int) -> None:
+    """DataError unless ``position_ids`` is a (batch, prompt + max_new_tokens) integer tensor of ids >= 0."""
+    if encdec:
+        raise DataError("position_ids applies to decoder-only models; an EncoderDecoder places its tokens itself")
+    if not isinstance(position_ids, Tensor) or position_ids.is_floating_point() or position_ids.is_complex():
+        raise DataError(f"position_ids must be an integer tensor, got {type(position_ids).__name__}"
+                        f"{'' if not isinstance(position_ids, Tensor) else ' of ' + str(position_ids.dtype)}")
+    if tuple(position_ids.shape) != (batch, total):
+        raise DataError(
+            f"position_ids has shape {tuple(position_ids.shape)}; it needs one id per prompt token and per token to "
+            f"come: ({batch}, prompt length + max_new_tokens = {total})"
+        )
+    if position_ids.numel() and int(position_ids.min()) < 0:
+        raise DataError(f"position_ids holds {int(position_ids.min())}; ids must be >= 0")
+
+
 def _prepare(
     model: nn.Module,
     input_ids: Tensor | None,
@@ -426,6 +443,7 @@ def _prepare(
     encoder_input_ids: Tensor | None,
     encoder_attention_mask: Tensor | None,
     cfg: GenerationConfig,
+    position_ids: Tensor | None = None,
 ) -> tuple[GenerationConfig, Callable[[], _Job]]:
     """Check everything that can be checked without running the model; return
     a function that does the (costly) setup: repeat rows, encode, build the cache."""
@@ -450,6 +468,8 @@ def _prepare(
             f"prompt length {T0} + max_new_tokens={cfg.max_new_tokens} = {T0 + cfg.max_new_tokens} exceeds the "
             f"model's max_len={max_len}; use max_new_tokens <= {max_len - T0}"
         )
+    if position_ids is not None:
+        _check_position_ids(position_ids, encdec, input_ids.size(0), T0 + cfg.max_new_tokens)
     eos = cfg.eos_ids
     for e in eos or []:
         if not 0 <= e < vocab:
@@ -460,7 +480,8 @@ def _prepare(
     can_cache = getattr(model, "supports_cache", pos_module.supports_cache)
     if cfg.use_cache is True and not can_cache:
         model.new_cache()  # raises the model's own explanation
-    use_cache = can_cache if cfg.use_cache is None else cfg.use_cache
+    # given position ids: by default each step re-reads the whole sequence (a windowed scheme needs it)
+    use_cache = (can_cache and position_ids is None) if cfg.use_cache is None else cfg.use_cache
     cfg = dataclasses.replace(cfg, pad_token_id=pad, use_cache=use_cache)
 
     def setup() -> _Job:
@@ -479,7 +500,10 @@ def _prepare(
             m = attention_mask.long().repeat_interleave(R, dim=0)  # (N, T0)
             mask = torch.cat([m, m.new_ones(m.size(0), cfg.max_new_tokens)], dim=1)  # (N, total)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row starts at 0
-        runner = _Runner(model, encdec, use_cache, mask, positions, memory, enc_mask, total, src_positions)
+        if position_ids is not None:  # the caller's, for the prompt and every token to come
+            positions = position_ids.to(device).long().repeat_interleave(R, dim=0)  # (N, total)
+        runner = _Runner(model, encdec, use_cache, mask, positions, memory, enc_mask, total, src_positions,
+                         fast=position_ids is None)  # the fast step places tokens by count, not by given ids
         eos_t = torch.tensor(eos, device=device) if eos else None
         return _Job(cfg, runner, prompt, input_ids.size(0), R, total, vocab, eos_t, pad, input_ids)
 
@@ -707,6 +731,7 @@ def generate(
     attention_mask: Tensor | None = None,
     encoder_input_ids: Tensor | None = None,
     encoder_attention_mask: Tensor | None = None,
+    position_ids: Tensor | None = None,
     **options: Any,
 ) -> Tensor | GenerateOutput:
     """Decode new tokens, Hugging Face style.
@@ -718,6 +743,10 @@ def generate(
             length. EncoderDecoder: an optional forced decoder prefix; the
             start token is prepended when missing.
         attention_mask: GPT only: (B, T0), 1 for real tokens, 0 for the left padding.
+        position_ids: GPT only, optional: (B, T0 + max_new_tokens), the position id of
+            every prompt token and of every token to come (e.g. place-value ids, which
+            depend on the format; default: 0, 1, 2, ... from each row's first real token).
+            Decoding then runs the model's own forward, without the cache unless use_cache=True.
         encoder_input_ids, encoder_attention_mask: EncoderDecoder only: the source (B, S) and its padding mask.
         **options: the fields of :class:`GenerationConfig` (max_new_tokens,
             do_sample, temperature, top_k, top_p, repetition_penalty,
@@ -733,10 +762,10 @@ def generate(
     Raises:
         ConfigError: an unknown or out-of-range option, or a prompt that with
             max_new_tokens would exceed the model's max_len; raised before any work.
-        DataError: token ids outside the vocabulary, or a malformed mask.
+        DataError: token ids outside the vocabulary, a malformed mask or malformed position ids.
     """
     cfg = GenerationConfig.from_kwargs(options)
-    cfg, setup = _prepare(model, input_ids, attention_mask, encoder_input_ids, encoder_attention_mask, cfg)
+    cfg, setup = _prepare(model, input_ids, attention_mask, encoder_input_ids, encoder_attention_mask, cfg, position_ids)
     with torch.inference_mode():
         job = setup()
         if cfg.num_beams > 1:

@@ -252,12 +252,15 @@ class Prompt:
         ids: the prompt's token ids (GPT: up to and including ``=``).
         answer: the exact expected continuation (without EOS).
         length: the problem length, as in the batch's ``lengths``.
+        position_ids: for tasks that place tokens by id (place-value formats): the
+            ids of the prompt's tokens, then of the answer's and EOS; None: in order.
     """
 
     text: str
     ids: tuple[int, ...]
     answer: str
     length: int
+    position_ids: tuple[int, ...] | None = None
 
 
 class Task(abc.ABC):

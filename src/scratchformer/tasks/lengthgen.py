@@ -435,7 +435,7 @@ class AdditionLengthgenTask(PrebuiltSplitsTask, GenerativeTask):
         for (a, b), n in zip(problems, lengths.tolist()):
             enc, ids = self.encode(a, b)
             out.append(Prompt(text="".join(enc.tokens[: enc.prompt_length]), ids=tuple(ids[: enc.prompt_length]),
-                              answer=enc.answer, length=int(n)))
+                              answer=enc.answer, length=int(n), position_ids=enc.position_ids))
         return out
 
     def format_prompt(self, text: str) -> str:
