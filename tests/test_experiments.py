@@ -229,3 +229,16 @@ def test_ask_names_the_variant_it_could_not_ask_when_variants_left_it_out(tmp_pa
     ctx = ExperimentContext(out_dir=tmp_path, plan=plan, run_dirs={"tutorial/seed0": tmp_path}, quick=True)
     section = ask(ctx, prompts=["7+5="], variant="fast")
     assert "`fast`" in section.markdown and "Not asked" in section.markdown
+
+
+def test_a_target_is_met_only_if_its_bounds_from_the_sections_hold_too():
+    from scratchformer.experiments.report import judge_target
+
+    target = load_experiment("shakespeare-char").target
+    variants = {"fast": {"summary": {"val loss": {"median": 1.7}}}}
+    sections = [{"title": "Against nanoGPT", "metrics": {"time ratio": 0.9}}]
+    judged = judge_target(target, variants, sections)
+    assert judged["value"] == 1.7 and judged["also"]["time ratio"]["value"] == 0.9 and not judged["met"]
+    sections[0]["metrics"]["time ratio"] = 0.4
+    assert judge_target(target, variants, sections)["met"]
+    assert not judge_target(target, variants, [])["met"]  # a bound with no figure is not met

@@ -89,12 +89,15 @@ def summarise(plan: Plan, states: list[Any], sections: list[Section], *, machine
         "sections": [{"title": s.title, "metrics": s.metrics, "plots": s.plots, "markdown": s.markdown}
                      for s in sections],
     }
-    results["target"] = judge_target(exp.target, variants) if exp.target else None
+    results["target"] = judge_target(exp.target, variants, results["sections"]) if exp.target else None
     return results
 
 
-def judge_target(target: Any, variants: dict[str, Any]) -> dict[str, Any]:
-    """The target's variant (given, or the best by the target metric's median), its median and whether it is met."""
+def judge_target(target: Any, variants: dict[str, Any], sections: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The target's variant (given, or the best by the target metric's median), its median and whether it is met.
+
+    Each ``also`` column (a bound it must also keep) is read from that variant's summary, else from
+    the experiment-level sections' metrics (e.g. the time ratio against nanoGPT)."""
     candidates = [target.variant] if target.variant else list(variants)
     best, best_value = None, None
     for name in candidates:
@@ -107,6 +110,8 @@ def judge_target(target: Any, variants: dict[str, Any]) -> dict[str, Any]:
     also = {}
     for column, limit in target.also.items():
         value = variants[best]["summary"].get(column, {}).get("median") if best is not None else None
+        if value is None:
+            value = next((sec["metrics"][column] for sec in sections if column in sec.get("metrics", {})), None)
         also[column] = {"at_most": limit, "value": value}
         met = met and value is not None and value <= limit
     return {"metric": target.metric, "at_least": target.at_least, "at_most": target.at_most, "about": target.about,
