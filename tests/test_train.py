@@ -529,6 +529,18 @@ def test_resume_drops_metric_lines_after_the_checkpoint_and_a_cut_line(tmp_path,
     assert sorted(r["split"] for r in got if r["event"] == "final") == ["test", "val"]
 
 
+# ---------------------------------------------------------------- a resumed run's time includes the earlier process's
+def test_a_resumed_runs_training_time_counts_the_steps_before_the_checkpoint(tmp_path, tiny_config):
+    first = train(tiny_config(*FEWER, "train.steps=20", "train.checkpoint_every=20", "name=t"))
+    saved = load_checkpoint(latest_checkpoint(first.run_dir)).state["time"]
+    assert 0 < saved["elapsed_s"] <= first.elapsed_s and saved["cpu_s"] > 0
+    again = train(tiny_config(*FEWER, "train.steps=21", "train.checkpoint_every=20", "name=t"),
+                  run_dir=first.run_dir, resume=True)  # one more step
+    results = json.loads((first.run_dir / "results.json").read_text())
+    assert again.elapsed_s == results["elapsed_s"] > saved["elapsed_s"]  # 20 steps before, one now
+    assert results["cpu_s"] > saved["cpu_s"]
+
+
 # ---------------------------------------------------------------- resuming with fewer steps than were reached
 def test_resume_with_fewer_steps_than_reached_is_a_clear_error(tmp_path, tiny_config):
     cfg = tiny_config(*FEWER, "train.steps=4", "train.checkpoint_every=2", "name=short")

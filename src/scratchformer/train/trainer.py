@@ -77,7 +77,8 @@ class TrainResult:
         step: updates done.
         metrics: final metrics per evaluation split.
         best: {"step", "metric", "value"} of the best evaluation, or None.
-        elapsed_s: wall time of this process's training (excluding set-up).
+        elapsed_s: wall time of the run's training (excluding set-up), summed over
+            the processes that trained it (see :class:`TrainingTime`).
     """
 
     run_dir: Path
@@ -85,6 +86,36 @@ class TrainResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     best: dict[str, Any] | None = None
     elapsed_s: float = 0.0
+
+
+@dataclass
+class TrainingTime:
+    """Training wall and CPU time: what earlier processes spent up to the checkpoint this one resumed
+    from (``prior_*``, read from it), plus this process's since :meth:`start`. Checkpoints record it,
+    so a run killed and resumed reports the time its steps took, not the last process's alone (the
+    time between a kill and the checkpoint before it is lost with those steps, which are redone)."""
+
+    prior_wall_s: float = 0.0
+    prior_cpu_s: float = 0.0
+    wall0: float = 0.0
+    cpu0: float = 0.0
+
+    def start(self) -> None:
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+
+    def wall_s(self) -> float:
+        return self.prior_wall_s + time.perf_counter() - self.wall0
+
+    def cpu_s(self) -> float:
+        """This process's CPU time (on a shared machine, what the run cost), plus earlier ones'."""
+        return self.prior_cpu_s + time.process_time() - self.cpu0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"elapsed_s": self.wall_s(), "cpu_s": self.cpu_s()}
+
+    def resume_from(self, saved: dict[str, float] | None) -> None:
+        self.prior_wall_s = float((saved or {}).get("elapsed_s", 0.0))
+        self.prior_cpu_s = float((saved or {}).get("cpu_s", 0.0))
 
 
 @dataclass
@@ -112,6 +143,7 @@ class TrainState:
         eval_split, best_metric: what is evaluated while training, and what "best" means.
         step: updates done; ``best`` the best evaluation so far; ``last_eval``
             the final step's evaluation (reused at the end when it saw the whole split).
+        clock: the training time so far, earlier processes' included.
     """
 
     cfg: RunConfig
@@ -137,6 +169,7 @@ class TrainState:
     step: int = 0
     best: dict[str, Any] | None = None
     last_eval: dict[str, float] | None = None
+    clock: TrainingTime = field(default_factory=TrainingTime)
 
 
 @dataclass
@@ -205,7 +238,7 @@ def train_loop(state: TrainState) -> TrainResult:
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
     state.raw_model.train()
     window = LogWindow(time.perf_counter())
-    cpu_start = time.process_time()  # this process's CPU time: on a shared machine, what the run cost
+    state.clock.start()
     try:
         while state.step < tc.steps:
             state.step += 1
@@ -221,8 +254,7 @@ def train_loop(state: TrainState) -> TrainResult:
                 save_training_checkpoint(state)
     finally:
         bar.close()
-    elapsed = time.perf_counter() - window.start
-    cpu_s = time.process_time() - cpu_start
+    elapsed, cpu_s = state.clock.wall_s(), state.clock.cpu_s()
     results = final_evaluation(state, log)
     log.close()
     if info.is_main:
@@ -330,7 +362,7 @@ def log_training(state: TrainState, window: LogWindow, stats: StepStats, log: Me
     tokens = D.all_reduce_sum([float(window.tokens)], state.info, state.device)[0]
     record = {"event": "train", "step": state.step, "loss": sum(window.losses) / len(window.losses),
               "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens_per_s": tokens / max(now - window.since, 1e-9),
-              "epoch": state.sampler.epoch, "elapsed_s": now - window.start}
+              "epoch": state.sampler.epoch, "elapsed_s": state.clock.wall_s()}
     key = TRAIN_ACCURACY_KEY.get(state.task.kind)
     if key is not None:  # the training accuracy over the targets of the window's steps
         local = float(window.correct) if window.correct is not None else 0.0
@@ -391,7 +423,8 @@ def save_training_checkpoint(state: TrainState) -> None:
     rngs = D.gather_objects(rng_state(), info)
     if info.is_main:
         saved = {"sampler": state.sampler.state_dict(), "rng": rngs, "best": state.best,
-                 "kernels": dict(state.kernels.choices) if state.kernels is not None else {}}
+                 "kernels": dict(state.kernels.choices) if state.kernels is not None else {},
+                 "time": state.clock.to_dict()}
         save_checkpoint(state.run_dir, state.step, model_sd, optim_sd, saved, state.arch,
                         keep=state.cfg.train.keep_checkpoints)
         save_state_dict(state.run_dir / "model.safetensors", model_sd, state.arch)
@@ -538,6 +571,7 @@ def _restore(state: TrainState) -> None:
         )
     set_rng_state(rngs[info.rank])
     state.step, state.best = ckpt.step, ckpt.state.get("best")
+    state.clock.resume_from(ckpt.state.get("time"))
     if state.kernels is not None:  # multiply as the interrupted run did: bit-identical from here
         state.kernels.load(ckpt.state.get("kernels", {}))
     if state.step > tc.steps:
