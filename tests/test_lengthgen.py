@@ -50,6 +50,7 @@ def test_every_method_of_the_experiment_builds_its_format_and_positions():
                          **run.config.model.positional_options)
     assert [r.seed for r in plan.runs if r.variant == "coupled-rope-window"] == [0, 1, 2]
     assert [r.seed for r in plan.runs if r.variant == "abacus"] == [0, 1, 2]  # every method over 3 seeds
+    assert [r.seed for r in plan.runs if r.variant == "learned-reversed-long"] == [0]  # a variant's own seeds
     assert {r.seed for r in exp.plan(seeds=[4, 5]).runs} == {4, 5}  # --seeds wins
 
 
