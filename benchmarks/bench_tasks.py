@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from scratchformer.nn.linear import cpu_model
 from scratchformer.tasks import build_task
 
 SHAKESPEARE = "bundled:tinyshakespeare"
@@ -61,6 +62,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
+        "cpu": cpu_model(),
         "machine": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -68,7 +70,8 @@ def main() -> None:
     }
     out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     lines = [
-        f"Measured with `python benchmarks/bench_tasks.py` ({os.cpu_count()} CPUs; best of {args.repeats}).",
+        f"Measured with `python benchmarks/bench_tasks.py` on {cpu_model()} ({os.cpu_count()} CPUs; "
+        f"1-minute load average {os.getloadavg()[0]:.1f} at the end; best of {args.repeats}).",
         "",
         "| case | examples | time (ms) |",
         "|---|---:|---:|",

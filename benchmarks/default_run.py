@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     table = "\n".join(lines)
     print(table)
     OUT.mkdir(exist_ok=True)
-    (OUT / "default_run.json").write_text(json.dumps(rows, indent=2) + "\n")
+    payload = {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_before": load_before, "runs": rows}
+    (OUT / "default_run.json").write_text(json.dumps(payload, indent=2) + "\n")
     (OUT / "default_run.md").write_text(table + "\n")
 
 
