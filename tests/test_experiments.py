@@ -242,3 +242,11 @@ def test_a_target_is_met_only_if_its_bounds_from_the_sections_hold_too():
     sections[0]["metrics"]["time ratio"] = 0.4
     assert judge_target(target, variants, sections)["met"]
     assert not judge_target(target, variants, [])["met"]  # a bound with no figure is not met
+
+
+def test_report_columns_order_numbers_as_numbers():
+    from scratchformer.experiments.report import natural_order
+
+    names = ["50 digits", "in-dist", "10 digits", "5 digits", "autoregressive 11..20", "autoregressive 3..10"]
+    assert sorted(names, key=natural_order) == [
+        "5 digits", "10 digits", "50 digits", "autoregressive 3..10", "autoregressive 11..20", "in-dist"]

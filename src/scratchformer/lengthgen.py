@@ -172,14 +172,18 @@ def plot_lengths(series: dict[str, dict[int, list[float]]], train_max: int, path
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.5))
+    from matplotlib import colormaps
+
+    fig = Figure(figsize=(9.5, 4.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.axvspan(0.5, train_max + 0.5, color="0.9", label=f"training lengths 1..{train_max}")
-    for method, points in series.items():
+    colours = colormaps["tab20"].colors  # 20 distinct colours; the line style changes every 20 methods
+    for i, (method, points) in enumerate(series.items()):
         xs = sorted(points)
         med = [100 * float(np.median(points[x])) for x in xs]
-        line = ax.plot(xs, med, marker="o", ms=3, label=method)[0]
+        line = ax.plot(xs, med, marker="o", ms=3, label=method, color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
+                       ls=("-", "--", ":")[i // 20 % 3])[0]
         if any(len(points[x]) > 1 for x in xs):
             ax.fill_between(xs, [100 * min(points[x]) for x in xs], [100 * max(points[x]) for x in xs],
                             color=line.get_color(), alpha=0.18, lw=0)
@@ -187,7 +191,7 @@ def plot_lengths(series: dict[str, dict[int, list[float]]], train_max: int, path
     ax.set_ylabel("exact match (%)")
     ax.set_ylim(-2, 102)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the lines
     ax.grid(alpha=0.3)
     fig.tight_layout()
     from pathlib import Path

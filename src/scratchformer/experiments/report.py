@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shlex
 import statistics
 import time
@@ -91,6 +92,11 @@ def summarise(plan: Plan, states: list[Any], sections: list[Section], *, machine
     }
     results["target"] = judge_target(exp.target, variants, results["sections"]) if exp.target else None
     return results
+
+
+def natural_order(name: str) -> list[str | int]:
+    """A sort key that compares the numbers in a name as numbers: "3..10" < "11..20", "5 digits" < "10 digits"."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
 
 
 def judge_target(target: Any, variants: dict[str, Any], sections: list[dict[str, Any]] = ()) -> dict[str, Any]:
@@ -255,6 +261,7 @@ def write_report(results: dict[str, Any], out_dir: Path, plan: Plan, states: lis
     for v in results["variants"].values():
         metric_names += [m for m in v["summary"] if m not in metric_names]
         curve_names += [c for c in v["curves"] if c not in curve_names]
+    metric_names.sort(key=natural_order)  # "5 digits" before "10 digits"
     main_metric = results["target"]["metric"] if results.get("target") else None
     if main_metric is None:
         main_metric = next((m for m in metric_names if m not in ("training s", "parameters")), None)
