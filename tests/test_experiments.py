@@ -250,3 +250,16 @@ def test_report_columns_order_numbers_as_numbers():
     names = ["50 digits", "in-dist", "10 digits", "5 digits", "autoregressive 11..20", "autoregressive 3..10"]
     assert sorted(names, key=natural_order) == [
         "5 digits", "10 digits", "50 digits", "autoregressive 3..10", "autoregressive 11..20", "in-dist"]
+
+
+def test_a_run_of_some_variants_without_the_target_variant_reports_no_target(capsys, tmp_path, cli):
+    """--variants may leave the target's own variant out (its runs come in another call): the report
+    then judges no target instead of failing after training (it raised a KeyError)."""
+    path = _write(tmp_path, TINY.replace('at_least = 0.0', 'at_least = 0.0\nvariant = "wider"'))
+    out = tmp_path / "out"
+    code, stdout, err = cli("experiment", str(path), "--out", str(out), "--quick", "--variants", "small")
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["target"] is None
+    assert "## Target" not in (out / "report.md").read_text() and "target" not in stdout
+    code, stdout, err = cli("experiment", str(path), "--out", str(out), "--quick")
+    assert code == 0 and "target met: test 6..7 of wider" in stdout

@@ -90,7 +90,9 @@ def summarise(plan: Plan, states: list[Any], sections: list[Section], *, machine
         "sections": [{"title": s.title, "metrics": s.metrics, "plots": s.plots, "markdown": s.markdown}
                      for s in sections],
     }
-    results["target"] = judge_target(exp.target, variants, results["sections"]) if exp.target else None
+    # a run of some variants (--variants) without the target's own variant cannot judge the target
+    judged = exp.target is not None and (exp.target.variant is None or exp.target.variant in variants)
+    results["target"] = judge_target(exp.target, variants, results["sections"]) if judged else None
     return results
 
 
