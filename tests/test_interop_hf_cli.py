@@ -27,15 +27,6 @@ WORDS = {"1": ["good", "great", "fine", "nice", "lovely"], "0": ["bad", "awful",
 FILLER = ["the", "film", "was", "very", "really", "a", "plot", "and", "cast"]
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory) -> Path:
     """A tiny GPT-2 saved by transformers, with a byte-level BPE tokenizer.json trained on TEXT."""
@@ -77,13 +68,13 @@ def sentiment_file(path: Path, n: int = 120, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------- GPT-2 directories
-def test_generate_from_a_gpt2_directory_matches_transformers_greedy(capsys, gpt2_dir):
+def test_generate_from_a_gpt2_directory_matches_transformers_greedy(capsys, gpt2_dir, cli):
     hf = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
     tok = load_hf_dir(gpt2_dir).tokenizer
     ids = tok.encode("the cat sat")
     with torch.no_grad():
         expected = hf.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_token_id)
-    code, out, err = run_cli(capsys, "generate", str(gpt2_dir), "the cat sat", "--max-new-tokens", "8")
+    code, out, err = cli("generate", str(gpt2_dir), "the cat sat", "--max-new-tokens", "8")
     assert code == 0, err
     new = expected[0, len(ids):].tolist()
     if tok.eos_token_id in new:
@@ -91,19 +82,19 @@ def test_generate_from_a_gpt2_directory_matches_transformers_greedy(capsys, gpt2
     assert out.strip() == "the cat sat" + tok.decode(new)
 
 
-def test_generate_from_a_gpt2_directory_with_the_tutorial_sampling_options(capsys, gpt2_dir):
+def test_generate_from_a_gpt2_directory_with_the_tutorial_sampling_options(capsys, gpt2_dir, cli):
     args = ["generate", str(gpt2_dir), "the dog", "--do-sample", "--top-k", "50", "--top-p", "0.95",
             "--temperature", "0.7", "--no-repeat-ngram-size", "2", "--max-new-tokens", "12", "--seed", "3"]
-    code, out, err = run_cli(capsys, *args)
+    code, out, err = cli(*args)
     assert code == 0, err
     assert out.startswith("the dog")
-    assert run_cli(capsys, *args)[1] == out  # one seed, one text
+    assert cli(*args)[1] == out  # one seed, one text
 
 
-def test_eval_a_gpt2_directory_on_a_text_file_matches_transformers_perplexity(capsys, gpt2_dir, tmp_path):
+def test_eval_a_gpt2_directory_on_a_text_file_matches_transformers_perplexity(capsys, gpt2_dir, tmp_path, cli):
     data = tmp_path / "text.txt"
     data.write_text(TEXT[:400])
-    code, out, err = run_cli(capsys, "eval", str(gpt2_dir), "--data", str(data), "--json", "--block-size", "32")
+    code, out, err = cli("eval", str(gpt2_dir), "--data", str(data), "--json", "--block-size", "32")
     assert code == 0, err
     metrics = json.loads(out)["metrics"]
     hf = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
@@ -120,16 +111,16 @@ def test_eval_a_gpt2_directory_on_a_text_file_matches_transformers_perplexity(ca
     assert metrics["loss"] == pytest.approx(total / count, rel=1e-4)
 
 
-def test_eval_a_hf_directory_needs_data(capsys, gpt2_dir):
-    code, _, err = run_cli(capsys, "eval", str(gpt2_dir))
+def test_eval_a_hf_directory_needs_data(capsys, gpt2_dir, cli):
+    code, _, err = cli("eval", str(gpt2_dir))
     assert code == 2 and "--data" in err and "Traceback" not in err
 
 
-def test_train_init_from_a_gpt2_directory_starts_from_its_weights(capsys, gpt2_dir, tmp_path):
+def test_train_init_from_a_gpt2_directory_starts_from_its_weights(capsys, gpt2_dir, tmp_path, cli):
     data = tmp_path / "corpus.txt"
     data.write_text(TEXT)
     run = tmp_path / "run"
-    code, out, err = run_cli(capsys, "train", f"init_from={gpt2_dir}", "task.name=text_lm", f"task.path={data}",
+    code, out, err = cli("train", f"init_from={gpt2_dir}", "task.name=text_lm", f"task.path={data}",
                              "task.block_size=32", "train.steps=1", "train.lr=0", "train.batch_size=4",
                              "train.eval_every=0", "train.threads=1", "train.warmup_steps=0", "--run-dir", str(run))
     assert code == 0, err
@@ -137,14 +128,14 @@ def test_train_init_from_a_gpt2_directory_starts_from_its_weights(capsys, gpt2_d
     hf = GPT2LMHeadModel.from_pretrained(gpt2_dir)
     assert torch.equal(ours.embed.tok.weight, hf.transformer.wte.weight)
     assert json.loads((run / "config.json").read_text())["init_from"] == str(gpt2_dir)
-    code, out, err = run_cli(capsys, "generate", str(run), "the cat", "--max-new-tokens", "4")
+    code, out, err = cli("generate", str(run), "the cat", "--max-new-tokens", "4")
     assert code == 0, err  # the run saved the directory's tokenizer
 
 
 # ---------------------------------------------------------------- BERT directories
-def test_eval_a_bert_directory_on_a_labelled_file_matches_transformers(capsys, bert_dir, tmp_path):
+def test_eval_a_bert_directory_on_a_labelled_file_matches_transformers(capsys, bert_dir, tmp_path, cli):
     data = sentiment_file(tmp_path / "reviews.csv", n=30)
-    code, out, err = run_cli(capsys, "eval", str(bert_dir), "--data", str(data), "--json")
+    code, out, err = cli("eval", str(bert_dir), "--data", str(data), "--json")
     assert code == 0, err
     metrics = json.loads(out)["metrics"]
     hf = BertForSequenceClassification.from_pretrained(bert_dir).eval()
@@ -158,9 +149,9 @@ def test_eval_a_bert_directory_on_a_labelled_file_matches_transformers(capsys, b
     assert metrics["accuracy"] == pytest.approx(right / len(rows))
 
 
-def test_viz_attention_on_a_bert_directory(capsys, bert_dir, tmp_path):
+def test_viz_attention_on_a_bert_directory(capsys, bert_dir, tmp_path, cli):
     pytest.importorskip("bertviz")
-    code, out, err = run_cli(capsys, "viz", "attention", str(bert_dir), "a good film", "--out", str(tmp_path))
+    code, out, err = cli("viz", "attention", str(bert_dir), "a good film", "--out", str(tmp_path))
     assert code == 0, err
     names = sorted(Path(p).name for p in out.split())
     assert names == ["attention_encoder_layer0.png", "attention_encoder_layer1.png",
@@ -169,13 +160,12 @@ def test_viz_attention_on_a_bert_directory(capsys, bert_dir, tmp_path):
     assert "[CLS]" in html and "[SEP]" in html and "good" in html
 
 
-def test_sentiment_fine_tuning_from_a_bert_directory(capsys, bert_dir, tmp_path):
+def test_sentiment_fine_tuning_from_a_bert_directory(capsys, bert_dir, tmp_path, cli):
     """`scratchformer train init_from=BERT_DIR` on a labelled CSV: the BERT weights are the start,
     the directory's tokenizer encodes the texts, and accuracy is reported (and learned)."""
     data = sentiment_file(tmp_path / "reviews.csv", n=160)
     run = tmp_path / "sentiment"
-    code, out, err = run_cli(
-        capsys, "train", f"init_from={bert_dir}", "model.arch=encoder_classifier", "model.dropout=0.0",
+    code, out, err = cli("train", f"init_from={bert_dir}", "model.arch=encoder_classifier", "model.dropout=0.0",
         "task.name=text_classification", f"task.path={data}", "train.steps=150", "train.lr=1e-3",
         "train.batch_size=16", "train.warmup_steps=10", "train.eval_every=75", "train.weight_decay=0",
         "train.threads=1", "--run-dir", str(run))
@@ -191,10 +181,10 @@ def test_sentiment_fine_tuning_from_a_bert_directory(capsys, bert_dir, tmp_path)
     assert cfg["task"]["tokenizer"] == str(bert_dir)
 
 
-def test_init_from_bert_with_no_training_keeps_the_weights(capsys, bert_dir, tmp_path):
+def test_init_from_bert_with_no_training_keeps_the_weights(capsys, bert_dir, tmp_path, cli):
     data = sentiment_file(tmp_path / "reviews.csv", n=40)
     run = tmp_path / "zero"
-    code, _, err = run_cli(capsys, "train", f"init_from={bert_dir}", "task.name=text_classification",
+    code, _, err = cli("train", f"init_from={bert_dir}", "task.name=text_classification",
                            f"task.path={data}", "train.steps=1", "train.lr=0", "train.batch_size=4",
                            "train.eval_every=0", "train.threads=1", "train.warmup_steps=0", "--run-dir", str(run))
     assert code == 0, err
@@ -204,37 +194,37 @@ def test_init_from_bert_with_no_training_keeps_the_weights(capsys, bert_dir, tmp
     assert torch.equal(ours.head.weight, hf.classifier.weight)  # same two classes: the head is kept
 
 
-def test_init_from_a_missing_directory_is_a_clear_error(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "train", f"init_from={tmp_path / 'nope'}", "train.steps=1")
+def test_init_from_a_missing_directory_is_a_clear_error(capsys, tmp_path, cli):
+    code, _, err = cli("train", f"init_from={tmp_path / 'nope'}", "train.steps=1")
     assert code == 2 and "init_from" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv", [["generate", "gpt2-definitely-not-cached", "hi"],
                                   ["eval", "someone/bert-not-cached", "--data", "x.csv"],
                                   ["train", "init_from=gpt2-definitely-not-cached", "train.steps=1"]])
-def test_a_hub_name_offline_says_what_to_download_and_where(capsys, monkeypatch, tmp_path, argv):
+def test_a_hub_name_offline_says_what_to_download_and_where(capsys, monkeypatch, tmp_path, argv, cli):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never reach for the network in a test
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(capsys, *argv)
+    code, _, err = cli(*argv)
     assert code == 2 and "Traceback" not in err
     assert "config.json, model.safetensors, tokenizer.json" in err and "into one directory" in err, err
 
 
-def test_viz_attention_on_a_gpt2_directory(capsys, gpt2_dir, tmp_path):
+def test_viz_attention_on_a_gpt2_directory(capsys, gpt2_dir, tmp_path, cli):
     pytest.importorskip("bertviz")
-    code, out, err = run_cli(capsys, "viz", "attention", str(gpt2_dir), "the cat sat", "--out", str(tmp_path),
+    code, out, err = cli("viz", "attention", str(gpt2_dir), "the cat sat", "--out", str(tmp_path),
                              "--no-html")
     assert code == 0, err
     assert sorted(Path(p).name for p in out.split()) == ["attention_decoder_layer0.png", "attention_decoder_layer1.png"]
 
 
-def test_train_init_from_a_run_directory_continues_from_its_weights(capsys, tmp_path):
+def test_train_init_from_a_run_directory_continues_from_its_weights(capsys, tmp_path, cli):
     common = ["train.batch_size=16", "train.eval_every=0", "train.threads=1", "train.warmup_steps=0",
               "task.num_examples=300", "model.d_model=32", "model.n_head=2"]
-    code, _, err = run_cli(capsys, "train", "train.steps=3", *common, "--run-dir", str(tmp_path / "first"))
+    code, _, err = cli("train", "train.steps=3", *common, "--run-dir", str(tmp_path / "first"))
     assert code == 0, err
-    code, _, err = run_cli(capsys, "train", f"init_from={tmp_path / 'first'}", "train.steps=1", "train.lr=0",
+    code, _, err = cli("train", f"init_from={tmp_path / 'first'}", "train.steps=1", "train.lr=0",
                            "model.d_model=64", *common, "--run-dir", str(tmp_path / "second"))
     assert code == 0, err
     first, second = load_run(tmp_path / "first").model, load_run(tmp_path / "second").model

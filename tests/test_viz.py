@@ -40,15 +40,6 @@ def assert_picture(path: Path, min_side: int = 200) -> None:
     assert (rgb < 0.5).mean() > 0.005, "almost nothing dark is drawn on the picture"
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 # ---------------------------------------------------------------- attention weights
 TINY = dict(d_model=32, n_head=4, n_layer=2, max_len=16, attn_impl="fused")
 
@@ -137,16 +128,16 @@ def test_rope_scores_depend_only_on_the_offset():
 
 
 @pytest.mark.parametrize("name", ["sinusoidal", "sinusoidal_xl", "rope"])
-def test_viz_positional_writes_and_names_a_picture(capsys, tmp_path, name):
+def test_viz_positional_writes_and_names_a_picture(capsys, tmp_path, name, cli):
     out = tmp_path / f"{name}.png"
-    code, stdout, err = run_cli(capsys, "viz", "positional", name, "--out", str(out), "--length", "32")
+    code, stdout, err = cli("viz", "positional", name, "--out", str(out), "--length", "32")
     assert code == 0, err
     assert stdout.strip() == str(out)
     assert_picture(out)
 
 
-def test_viz_positional_refuses_a_scheme_without_a_picture(capsys):
-    code, _, err = run_cli(capsys, "viz", "positional", "sinusoidl")
+def test_viz_positional_refuses_a_scheme_without_a_picture(capsys, cli):
+    code, _, err = cli("viz", "positional", "sinusoidl")
     assert code == 2 and "did you mean 'sinusoidal'" in err and "Traceback" not in err
 
 
@@ -164,14 +155,14 @@ def _metrics(run_dir: Path, slope: float) -> Path:
     return run_dir
 
 
-def test_viz_curves_overlays_runs(capsys, tmp_path):
+def test_viz_curves_overlays_runs(capsys, tmp_path, cli):
     a, b = _metrics(tmp_path / "a", 0.05), _metrics(tmp_path / "b", 0.2)
     out = tmp_path / "curves.png"
-    code, stdout, err = run_cli(capsys, "viz", "curves", str(a), str(b), "--out", str(out))
+    code, stdout, err = cli("viz", "curves", str(a), str(b), "--out", str(out))
     assert code == 0, err
     assert stdout.strip() == str(out)
     assert_picture(out)
-    code, stdout, _ = run_cli(capsys, "viz", "curves", str(a))
+    code, stdout, _ = cli("viz", "curves", str(a))
     assert code == 0 and stdout.strip() == str(a / "plots" / "curves.png")
 
 
@@ -194,8 +185,8 @@ def test_plot_curves_draws_one_line_per_run_and_quantity(tmp_path):
     assert drawn == {"loss": 4, "accuracy": 4, "learning rate": 2}  # train + eval per run; lr per run
 
 
-def test_viz_curves_on_a_missing_run_is_a_clear_error(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "viz", "curves", str(tmp_path / "nope"))
+def test_viz_curves_on_a_missing_run_is_a_clear_error(capsys, tmp_path, cli):
+    code, _, err = cli("viz", "curves", str(tmp_path / "nope"))
     assert code == 2 and "metrics.jsonl" in err
 
 
@@ -237,10 +228,10 @@ def test_trainer_logs_training_accuracy(trained_runs):
 
 @pytest.mark.parametrize("name,kinds", [("gpt", ["decoder"]), ("s2s", ["encoder", "decoder", "cross"]),
                                         ("cls", ["encoder"])])
-def test_viz_attention_writes_pngs_per_layer_and_html(capsys, tmp_path, trained_runs, name, kinds):
+def test_viz_attention_writes_pngs_per_layer_and_html(capsys, tmp_path, trained_runs, name, kinds, cli):
     pytest.importorskip("bertviz")
     text = {"gpt": "12+34=", "s2s": "12+34", "cls": "1234"}[name]
-    code, stdout, err = run_cli(capsys, "viz", "attention", str(trained_runs[name]), text, "--out", str(tmp_path))
+    code, stdout, err = cli("viz", "attention", str(trained_runs[name]), text, "--out", str(tmp_path))
     assert code == 0, err
     written = [Path(line) for line in stdout.split()]
     pngs = sorted(p.name for p in written if p.suffix == ".png")
@@ -252,8 +243,8 @@ def test_viz_attention_writes_pngs_per_layer_and_html(capsys, tmp_path, trained_
     assert {p.name for p in written if p.suffix == ".html"} == {"attention_head_view.html", "attention_model_view.html"}
 
 
-def test_viz_attention_positional_of_a_learned_run(capsys, trained_runs):
-    code, stdout, err = run_cli(capsys, "viz", "positional", str(trained_runs["gpt"]))
+def test_viz_attention_positional_of_a_learned_run(capsys, trained_runs, cli):
+    code, stdout, err = cli("viz", "positional", str(trained_runs["gpt"]))
     assert code == 0, err
     assert_picture(Path(stdout.strip()))
 
@@ -286,13 +277,13 @@ def test_attention_png_labels_its_axes_with_the_tokens(tmp_path):
 
 @pytest.mark.parametrize("argv", [["viz", "--help"], ["viz", "attention", "--help"], ["viz", "positional", "--help"],
                                   ["viz", "curves", "--help"]])
-def test_viz_help_has_examples(capsys, argv):
-    code, out, _ = run_cli(capsys, *argv)
+def test_viz_help_has_examples(capsys, argv, cli):
+    code, out, _ = cli(*argv)
     assert code == 0 and "examples:" in out and "scratchformer viz" in out
 
 
-def test_viz_without_a_subcommand_is_a_usage_error(capsys):
-    code, _, err = run_cli(capsys, "viz")
+def test_viz_without_a_subcommand_is_a_usage_error(capsys, cli):
+    code, _, err = cli("viz")
     assert code == 2 and "attention|positional|curves" in err
 
 
