@@ -116,20 +116,15 @@ class AdditionFormat:
     # ------------------------------------------------------------------ writing
     def _number(self, digits: str, offset: int) -> list[str]:
         """An operand's tokens: digits most significant first unless reversed, hinted if asked."""
-        places = range(len(digits) - 1, -1, -1)  # significance of each written digit, MSD first
-        pairs = list(zip(places, digits))
-        if self.reverse_operands:
-            pairs.reverse()
-        out: list[str] = []
-        for place, d in pairs:
-            if self.hints:
-                out.append(HINTS[offset + place])
-            out.append(d)
-        return out
+        return self._written(digits, self.reverse_operands, offset)
 
     def _answer(self, total: str, offset: int) -> list[str]:
-        pairs = list(zip(range(len(total) - 1, -1, -1), total))
-        if self.reverse_answer:
+        return self._written(total, self.reverse_answer, offset)
+
+    def _written(self, digits: str, reverse: bool, offset: int) -> list[str]:
+        """``digits`` (most significant first) as tokens: reversed if asked, each after its place's hint."""
+        pairs = list(zip(range(len(digits) - 1, -1, -1), digits))  # (significance, digit), MSD first
+        if reverse:
             pairs.reverse()
         out: list[str] = []
         for place, d in pairs:
