@@ -782,6 +782,75 @@ def test_kv_cache_preallocates_to_its_capacity_and_grows_past_it():
             KVCache(capacity=bad)
 
 
+def test_kv_cache_crop_forgets_the_positions_after_it():
+    """Cropped and re-appended equals appended once (storage kept); a model cache crops every layer."""
+    from scratchformer.models.stack import ModelCache
+    from scratchformer.nn.attention import KVCache
+
+    k = torch.randn(2, 3, 6, 8)
+    once, cropped = KVCache(capacity=6), KVCache(capacity=6)
+    once.update(k, -k)
+    cropped.update(k[:, :, :4], -k[:, :, :4])
+    storage = cropped.k
+    cropped.crop(2)
+    assert cropped.length == 2
+    keys, values = cropped.update(k[:, :, 2:], -k[:, :, 2:])
+    assert cropped.k is storage
+    assert torch.equal(keys, once.keys_values()[0]) and torch.equal(values, once.keys_values()[1])
+    for bad in (-1, 7):
+        with pytest.raises(ValueError, match=f"length={bad}.*holds 6"):
+            cropped.crop(bad)
+    both = ModelCache([KVCache(), KVCache()])
+    for c in both.self_attn:
+        c.update(k, k)
+    both.crop(1)
+    assert both.length == 1 and [c.length for c in both.self_attn] == [1, 1]
+
+
+def _timings(monkeypatch, step_winner: str) -> list[str]:
+    """Make every measurement say: ``copy`` is the fastest product alone, and ``step_winner``
+    ("measured" or "torch") the fastest whole step; returns the step keys measured."""
+    import scratchformer.nn.linear as lin
+
+    measured = []
+
+    def fake(candidates, **_):
+        for run in candidates.values():
+            run()  # every candidate still runs (the trial steps too)
+        if "measured" in candidates:
+            measured.append("step")
+            return {name: 1.0 if name == step_winner else 2.0 for name in candidates}
+        return {name: 1.0 if name == "copy" else 2.0 for name in candidates}
+
+    monkeypatch.setattr(lin, "time_candidates", fake)
+    return measured
+
+
+@pytest.mark.parametrize("winner", ["measured", "torch"])
+def test_decode_step_keeps_the_measured_kernels_only_if_the_whole_step_is_faster(monkeypatch, winner):
+    """Products that win alone (here: every one on an (in, out) copy) are kept only if a whole step
+    with them beats F.linear everywhere; the trial steps leave the cache as one real call does, and
+    the logits equal forward's. A prompt (several tokens per row) never copies the weights."""
+    from scratchformer.nn.linear import KernelTuner
+
+    steps = _timings(monkeypatch, winner)
+    model = gpt()
+    step = DecodeStep(model, tuner=KernelTuner())
+    ids = prompt(2, 5)
+    with torch.no_grad():
+        a, b = model.new_cache(), model.new_cache(capacity=9)
+        torch.testing.assert_close(step(ids, b), model(ids, cache=a)[:, -1], atol=1e-5, rtol=0)
+        assert not step.copies and not steps  # a prompt: F.linear or oneDNN, nothing to compare
+        for t in range(3):
+            tok = prompt(2, 1, seed=t)
+            torch.testing.assert_close(step(tok, b), model(tok, cache=a)[:, -1], atol=1e-5, rtol=0)
+            assert b.length == a.length == 6 + t
+        assert steps == ["step"]  # measured once, at the first one-token call
+        assert bool(step.copies) == (winner == "measured")
+        kinds = step.tuner.choices
+        assert [v for k, v in kinds.items() if k.startswith("decode-step")] == [winner]
+
+
 def test_decode_step_follows_the_model_dtype():
     model, ids = gpt().to(torch.bfloat16), prompt(2, 5)
     with torch.no_grad():

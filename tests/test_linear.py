@@ -309,11 +309,13 @@ def test_decoding_kernels_eligible_for_a_product():
     from scratchformer.models.fast_decode import _eligible
 
     big, one = torch.randn(512, 256), torch.randn(1, 256)
-    assert "row" in _eligible(one, big)
-    assert "row" not in _eligible(torch.randn(2, 256), big)  # two rows: a matmul
-    assert _eligible(one.double(), big.double()) == ("torch",)
+    assert "row" in _eligible(one, big, copies=True)
+    assert "row" not in _eligible(torch.randn(2, 256), big, copies=True)  # two rows: a matmul
+    assert "copy" in _eligible(torch.randn(2, 256), big, copies=True)
+    assert not {"copy", "row"} & set(_eligible(one, big, copies=False))  # no kernel on a copy
+    assert _eligible(one.double(), big.double(), copies=True) == ("torch",)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert _eligible(one, big) == ("torch",)
+        assert _eligible(one, big, copies=True) == ("torch",)
 
 
 def test_a_measured_model_compiles_and_keeps_its_choices():

@@ -9,10 +9,10 @@ tensors, an id check that reads the ids back) costs more than the kernels.
 ``DecodeStep`` looks the modules up once, when it is built, binds each
 matmul to a kernel at the first call with a given row count, and then runs
 each step as a flat sequence of kernels (``F.embedding``, ``F.layer_norm``,
-``F.scaled_dot_product_attention``, and for each matmul the kernel measured
-fastest for its shape on this machine: ``F.linear``, oneDNN, torch's addmm on
-an (in, out) copy, or ``nn.linear.row_linear`` for one row; see ``_kind``),
-writing into the same ``ModelCache`` as ``forward``. It is applied from
+``F.scaled_dot_product_attention``, and for each matmul a kernel chosen by
+measuring on this machine: ``F.linear``, oneDNN, torch's addmm on an (in, out)
+copy, or ``nn.linear.row_linear`` for one row; see ``_plan``), writing into the
+same ``ModelCache`` as ``forward``. It is applied from
 outside the model: ``generate`` picks it when ``DecodeStep.supports(model)``.
 So a prompt can be run with ``forward`` and continued with ``DecodeStep``,
 and the logits agree with ``forward``'s to float rounding (tested to 1e-5 of their scale for
@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,15 +88,34 @@ def _bound(kind: str, w: Tensor, b: Tensor | None, wt: Tensor | None, parts: int
     return (lambda x: torch.mm(x, wt)) if b is None else (lambda x: torch.addmm(b, x, wt))
 
 
-def _eligible(x: Tensor, w: Tensor) -> tuple[str, ...]:
-    """The kernels that may compute rows x by weight w: all of them for a float32 CPU product
-    outside autocast (``row`` for one row only), else ``F.linear`` alone."""
+def _eligible(x: Tensor, w: Tensor, copies: bool) -> tuple[str, ...]:
+    """The kernels that may compute rows x by weight w: for a float32 CPU product outside autocast
+    all of them (``row`` for one row only; ``copy`` and ``row`` only if ``copies``: they read an
+    (in, out) copy of the weight), else ``F.linear`` alone."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32:
         return ("torch",)
     if torch.is_autocast_enabled("cpu"):
         return ("torch",)
-    kinds = ("torch", "copy") + (("onednn",) if onednn_available() else ())
-    return kinds + (("row",) if x.size(0) == 1 else ())
+    kinds = ("torch",) + (("onednn",) if onednn_available() else ())
+    if not copies:
+        return kinds
+    return kinds + ("copy",) + (("row",) if x.size(0) == 1 else ())
+
+
+class _Attend(NamedTuple):
+    """What every layer's attention needs in one call: sizes, positions and masks."""
+
+    B: int
+    T: int
+    rope: tuple[Tensor, Tensor] | None  # cos, sin (T, D)
+    mask: Tensor | None  # (B|1, 1, T, S) boolean, True = may attend
+    bias: Tensor | None  # (H|1, T, S) additive
+    is_causal: bool  # SDPA builds the causal triangle itself
+    fused: bool  # SDPA's kernel may run (no bias, no mask beyond causal)
+
+
+# each layer's bound matmuls (q|k|v, out, up, gate, down; None where absent) and the LM head's
+_Plan = tuple[list[tuple[Fn | None, ...]], Fn]
 
 
 @dataclass(frozen=True)
@@ -133,7 +153,9 @@ class DecodeStep:
     step sees the weights as they are then. Each matmul is bound, at the first call with a given
     row count, to the kernel ``tuner`` measured fastest for its shape (see
     ``DECODE_KERNELS``; every layer has the same shapes, so the first layer's
-    choice serves all). The kernels "copy" and "row" read an (in, out) copy of
+    choice serves all), if a whole step is faster so than with ``F.linear``
+    everywhere (measured too, once per process and model shape). The kernels "copy" and "row"
+    (one new token per row only) read an (in, out) copy of
     the weight, taken at binding and owned by the step: it goes when the step
     goes, and a change to the parameters after binding does not show through.
     With gradients enabled every matmul takes ``F.linear`` on the parameters,
@@ -202,7 +224,7 @@ class DecodeStep:
         self.tuner = tuner if tuner is not None else default_tuner()
         self.force = force
         self.copies: dict[int, Tensor] = {}  # id(weight) -> its (in, out) copy, owned by this step
-        self._plans: dict[tuple, tuple[list[tuple[Fn | None, ...]], Fn]] = {}  # see _matmuls
+        self._plans: dict[tuple, _Plan] = {}  # by rows, autocast, grad mode and threads: see _plan
 
     def __call__(
         self,
@@ -234,7 +256,7 @@ class DecodeStep:
         S = start + T
         check_length(S, self.max_len)
         check_mask(attention_mask, B, S, "attention_mask")
-        H, D, C = self.n_head, self.head_dim, self.d_model
+        C = self.d_model
 
         x = self._embed(token_ids, start, position_ids).view(B * T, C)  # (B T, C): every matmul is 2-D
         device = x.device
@@ -247,10 +269,25 @@ class DecodeStep:
         if attention_mask is not None or T > 1:
             mask = attention_mask_for(T, S, key_padding=attention_mask, causal=True, device=device)  # (B|1, 1, T, S)
         fused = bias is None and (mask is None or is_causal)  # SDPA's kernel, for layers with impl "fused"
+        attend = _Attend(B, T, rope, mask, bias, is_causal, fused)
 
+        key = (B * T, torch.is_autocast_enabled(device.type), torch.is_grad_enabled(), torch.get_num_threads())
+        plan = self._plans.get(key)
+        if plan is None:
+            def trial(candidate: _Plan) -> None:  # a run whose keys and values are then forgotten
+                self._blocks(x, cache, attend, candidate)
+                cache.crop(start)
+
+            plan = self._plans[key] = self._plan(x, B, trial)
+        return self._blocks(x, cache, attend, plan)
+
+    def _blocks(self, x: Tensor, cache: ModelCache, attend: _Attend, plan: _Plan) -> Tensor:
+        """The blocks, the final norm and the LM head on x (B T, C) with the matmuls of ``plan``: (B, V)."""
+        B, T, rope, mask, bias, is_causal, fused = attend
+        H, D, C = self.n_head, self.head_dim, self.d_model
         pre_residual = self.norm_first and self.residual  # the common case, inlined: x + sublayer(norm(x))
-        plan, head = self._matmuls(x, B)
-        for layer, kv, (qkv_mm, out_mm, up_mm, gate_mm, down_mm) in zip(self.layers, cache.self_attn, plan):
+        matmuls, head = plan
+        for layer, kv, (qkv_mm, out_mm, up_mm, gate_mm, down_mm) in zip(self.layers, cache.self_attn, matmuls):
             # self-attention sublayer
             h = layer.attn_norm(x) if self.norm_first else x
             qkv = qkv_mm(h)  # (B T, 3C)
@@ -292,53 +329,77 @@ class DecodeStep:
         positions = position_ids if position_ids is not None else self.positions[start : start + T]  # (B, T) or (T,)
         return self.pos.embed(x, positions)
 
-    def _matmuls(self, x: Tensor, B: int) -> tuple[list[tuple[Fn | None, ...]], Fn]:
+    def _plan(self, x: Tensor, B: int, trial: Callable[[_Plan], object]) -> _Plan:
         """Each layer's matmuls (q|k|v, out, up, gate, down) and the head's, bound to their weights
-        on the kernels chosen for rows x (B T, C); remembered per row count, autocast, grad mode and
-        thread count."""
+        on the kernels for rows x (B T, C): each product's fastest alone (``_kind``), kept only if
+        ``trial`` (a whole step) runs faster with them than with ``F.linear`` everywhere. A product
+        timed alone has its weight in the CPU's caches; in a step it competes with every other
+        weight, and a kernel that wins alone can lose there."""
         grad = torch.is_grad_enabled()  # with gradients on, F.linear on the parameters themselves
         threads = torch.get_num_threads()  # row_linear cuts each weight into one part per thread
-        key = (x.size(0), torch.is_autocast_enabled(x.device.type), grad, threads)
-        plan = self._plans.get(key)
-        if plan is None:
-            first = self.layers[0]
-            kind = {name: self._kind(x, lin, grad)
-                    for name, lin in (("qkv", first.qkv), ("out", first.out), ("up", first.up), ("down", first.down))}
-            layers = [tuple(self._bind(lin, kind[name], threads) for lin, name in
-                            ((l.qkv, "qkv"), (l.out, "out"), (l.up, "up"), (l.gate, "up"), (l.down, "down")))
-                      for l in self.layers]  # fmt: skip
-            head = self._bind(self.head, self._kind(x[:B], self.head, grad), threads)
-            plan = self._plans[key] = (layers, head)
-        return plan
+        # kernels on (in, out) copies only for one new token per row: decoding repeats those calls, while
+        # a prompt's runs once, and copying every weight costs more than one call can save
+        one_token = x.size(0) == B
+        first = self.layers[0]
+        kinds = {name: self._kind(x, lin, grad, one_token)
+                 for name, lin in (("qkv", first.qkv), ("out", first.out), ("up", first.up), ("down", first.down))}
+        kinds["head"] = self._kind(x[:B], self.head, grad, one_token)
+        if self.force is None and any(kind != "torch" for kind in kinds.values()):
+            plain = dict.fromkeys(kinds, "torch")
+            made: dict[int, Tensor] = {}  # the trial's (in, out) copies: kept only for the plan that uses them
 
-    def _kind(self, x: Tensor, lin: nn.Linear | None, grad: bool) -> str:
-        """The kernel for rows x by ``lin``'s weight: forced, or measured by the tuner."""
+            def candidates() -> dict[str, Callable[[], object]]:
+                return {name: functools.partial(trial, self._bind_plan(k, threads, made))
+                        for name, k in (("measured", kinds), ("torch", plain))}
+
+            up = first.up.weight.size(0) if first.up is not None else 0
+            key = (f"decode-step {self.n_layer}x{self.d_model}x{up}x{self.head.weight.size(0)} rows {x.size(0)} "
+                   + ",".join(f"{name}={kind}" for name, kind in kinds.items()) + f" t{threads}")
+            if self.tuner.choose(key, candidates, repeats=3) == "torch":
+                kinds = plain
+            else:
+                self.copies.update(made)
+        return self._bind_plan(kinds, threads, self.copies)
+
+    def _bind_plan(self, kinds: dict[str, str], threads: int, copies: dict[int, Tensor]) -> _Plan:
+        layers = [tuple(self._bind(lin, kinds[name], threads, copies) for lin, name in
+                        ((l.qkv, "qkv"), (l.out, "out"), (l.up, "up"), (l.gate, "up"), (l.down, "down")))
+                  for l in self.layers]  # fmt: skip
+        return layers, self._bind(self.head, kinds["head"], threads, copies)
+
+    def _kind(self, x: Tensor, lin: nn.Linear | None, grad: bool, one_token: bool) -> str:
+        """The kernel for rows x by ``lin``'s weight: forced, or measured by the tuner (kernels on
+        a copy of the weight only for ``one_token`` calls, unless forced)."""
         if lin is None or grad:
             return "torch"
         w, b = lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
-        kinds = _eligible(x, w)
+        kinds = _eligible(x, w, copies=one_token or self.force is not None)
         if self.force is not None:
             return self.force if self.force in kinds else "torch"
         if len(kinds) == 1:
             return "torch"
-        # trial rows from a generator of its own: measuring must not move the global RNG (sampling)
-        xs = torch.randn(x.size(0), w.size(1), generator=torch.Generator().manual_seed(0))
 
-        def candidates() -> dict[str, Callable[[], object]]:
+        def candidates() -> dict[str, Callable[[], object]]:  # built only if the shape was not measured yet
+            # trial rows from a generator of its own: measuring must not move the global RNG (sampling)
+            xs = torch.randn(x.size(0), w.size(1), generator=torch.Generator().manual_seed(0))
             wt = w.t().contiguous()  # a trial copy, freed after measuring
             return {k: functools.partial(_bound(k, w, b, wt, torch.get_num_threads()), xs) for k in kinds}
 
-        return self.tuner.choose(self.tuner.shape_key("decode", xs, w, b, grad=False), candidates)
+        return self.tuner.choose(self.tuner.shape_key("decode" if one_token else "decode-prompt", x, w, b, grad=False),
+                                 candidates)
 
-    def _bind(self, lin: nn.Linear | None, kind: str, parts: int) -> Fn | None:
+    @staticmethod
+    def _bind(lin: nn.Linear | None, kind: str, parts: int, copies: dict[int, Tensor]) -> Fn | None:
+        """``lin`` as a function on ``kind``'s kernel; an (in, out) copy of its weight, if the kernel
+        reads one, is taken from ``copies`` (id(weight) -> copy) or made there."""
         if lin is None:
             return None
         w, b = lin.weight, lin.bias
         wt = None
         if kind in ("copy", "row"):
-            wt = self.copies.get(id(w))
+            wt = copies.get(id(w))
             if wt is None:
-                wt = self.copies[id(w)] = w.detach().t().contiguous()
+                wt = copies[id(w)] = w.detach().t().contiguous()
         return _bound(kind, w, b, wt, parts)
 
     def _residual(self, x: Tensor, out: Tensor, norm: Fn) -> Tensor:

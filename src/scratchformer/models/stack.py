@@ -111,6 +111,11 @@ class ModelCache:
     def length(self) -> int:
         return self.self_attn[0].length if self.self_attn else 0
 
+    def crop(self, length: int) -> None:
+        """Forget every self-attention position from ``length`` on (cross-attention keeps the source)."""
+        for c in self.self_attn:
+            c.crop(length)
+
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows ``index`` in every layer (beam search)."""
         for c in self.self_attn + self.cross_attn:

@@ -187,6 +187,13 @@ class KVCache:
     def set_static(self, k: Tensor, v: Tensor) -> None:
         self.kv, self.k, self.v, self.length = None, k, v, k.size(2)
 
+    def crop(self, length: int) -> None:
+        """Forget every position from ``length`` on (the next append writes there); the storage stays."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"KVCache.crop(length={length!r}): the cache holds {self.length} positions; "
+                             f"use 0 <= length <= {self.length}")
+        self.length = length
+
     def keys_values(self) -> tuple[Tensor, Tensor]:
         assert self.k is not None and self.v is not None
         return self.k[:, :, : self.length], self.v[:, :, : self.length]

@@ -279,11 +279,12 @@ class KernelTuner:
                 f"{'grad' if grad else 'nograd'} t{torch.get_num_threads()}")
 
     def choose(self, key: str, candidates: Callable[[], Mapping[str, Callable[[], object]]],
-               baseline: str = "torch") -> str:
-        """The kernel for ``key``: recorded, or measured now on ``candidates()`` (built only when needed)."""
+               baseline: str = "torch", repeats: int = 5) -> str:
+        """The kernel for ``key``: recorded, or measured now on ``candidates()`` (built only when needed),
+        each timed at least ``repeats`` times."""
         name = self.choices.get(key)
         if name is None:
-            name = fastest(time_candidates(candidates()), baseline, self.margin)
+            name = fastest(time_candidates(candidates(), min_repeats=repeats), baseline, self.margin)
             self.choices[key] = name
             if self.path is not None:
                 self._write_disk(key, name)
