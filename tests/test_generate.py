@@ -807,9 +807,9 @@ def test_kv_cache_crop_forgets_the_positions_after_it():
     assert both.length == 1 and [c.length for c in both.self_attn] == [1, 1]
 
 
-def _timings(monkeypatch, step_winner: str) -> list[str]:
-    """Make every measurement say: ``copy`` is the fastest product alone, and ``step_winner``
-    ("measured" or "torch") the fastest whole step; returns the step keys measured."""
+def _timings(monkeypatch, step_winner: str, product_winner: str = "copy") -> list[str]:
+    """Make every measurement say: ``product_winner`` (where offered) is the fastest product alone,
+    and ``step_winner`` ("measured" or "torch") the fastest whole step; returns ["step"] per step trial."""
     import scratchformer.nn.linear as lin
 
     measured = []
@@ -820,7 +820,7 @@ def _timings(monkeypatch, step_winner: str) -> list[str]:
         if "measured" in candidates:
             measured.append("step")
             return {name: 1.0 if name == step_winner else 2.0 for name in candidates}
-        return {name: 1.0 if name == "copy" else 2.0 for name in candidates}
+        return {name: 1.0 if name == product_winner else 2.0 for name in candidates}
 
     monkeypatch.setattr(lin, "time_candidates", fake)
     return measured
@@ -849,6 +849,75 @@ def test_decode_step_keeps_the_measured_kernels_only_if_the_whole_step_is_faster
         assert bool(step.copies) == (winner == "measured")
         kinds = step.tuner.choices
         assert [v for k, v in kinds.items() if k.startswith("decode-step")] == [winner]
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
+def test_a_prompt_takes_the_products_choices_without_a_whole_step_trial(monkeypatch):
+    """A prompt runs once: its products take what measured fastest alone (here oneDNN), with no
+    whole-step trial (it would run the prompt several more times) and no weight copies."""
+    import scratchformer.models.fast_decode as fd
+    from scratchformer.nn.linear import KernelTuner
+
+    steps = _timings(monkeypatch, "torch", product_winner="onednn")
+    onednn = _count_calls(monkeypatch, fd, "onednn_linear")
+    model, ids = gpt(), prompt(2, 5)
+    step = DecodeStep(model, tuner=KernelTuner())
+    with torch.no_grad():
+        torch.testing.assert_close(step(ids, model.new_cache()), model(ids)[:, -1], atol=1e-5, rtol=0)
+        onednn[0] = 0
+        step(ids, model.new_cache())  # the same shape again: its plan, no measuring
+    assert steps == [] and not step.copies
+    assert onednn[0] == 4 * 2 + 1  # one run: 4 products per block, 2 blocks, the head
+
+
+def test_a_forced_step_keeps_its_plans_apart_by_batch_and_length():
+    """B=1, T=4 and B=4, T=1 have the same row count; each gets its own plan (the head's rows differ)."""
+    model = gpt()
+    step = DecodeStep(model, force="row")
+    with torch.no_grad():
+        one = prompt(1, 4)
+        torch.testing.assert_close(step(one, model.new_cache()), model(one)[:, -1], atol=1e-5, rtol=0)
+        four = prompt(4, 1, seed=3)
+        torch.testing.assert_close(step(four, model.new_cache()), model(four)[:, -1], atol=1e-5, rtol=0)
+
+
+def test_a_decode_step_takes_torch_for_a_choice_it_does_not_know(monkeypatch):
+    """A recorded name that is no kernel of the step (a hand-edited kernel cache) means F.linear."""
+    import scratchformer.models.fast_decode as fd
+    from scratchformer.nn.linear import KernelTuner
+
+    monkeypatch.setattr("scratchformer.nn.linear.time_candidates", lambda *a, **k: pytest.fail("measured"))
+    calls = _count_calls(monkeypatch, fd, "row_linear")
+    model, ids = gpt(), prompt(1, 1)
+    step = DecodeStep(model, tuner=KernelTuner())
+    x = torch.zeros(1, model.config.d_model)
+    for lin in (model.decoder.blocks[0].attn.in_proj, model.decoder.blocks[0].attn.out_proj,
+                model.decoder.blocks[0].mlp.up, model.decoder.blocks[0].mlp.down, model.lm_head):
+        w = lin.weight
+        step.tuner.choices[step.tuner.shape_key("decode", x.new_zeros(1, w.size(1)), w, lin.bias, False)] = "mkl"
+    with torch.no_grad():
+        torch.testing.assert_close(step(ids, model.new_cache()), model(ids)[:, -1], atol=1e-5, rtol=0)
+    assert calls[0] == 0 and not step.copies
+
+
+def test_cropping_a_cache_autograd_saved_never_writes_over_what_it_saved():
+    from scratchformer.models.stack import ModelCache
+    from scratchformer.nn.attention import KVCache
+
+    cache = KVCache(capacity=8)
+    k = torch.randn(1, 2, 3, 4, requires_grad=True)
+    keys, _ = cache.update(k, k)  # tracked: new storage, which the graph may have saved
+    saved = keys.detach().clone()
+    cache.crop(1)
+    with torch.no_grad():
+        cache.update(torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
+    assert torch.equal(keys.detach(), saved) and cache.length == 3
+    both, four = ModelCache([KVCache(), KVCache()]), torch.randn(1, 2, 4, 4)
+    both.self_attn[0].update(four, four)
+    both.self_attn[1].update(four[:, :, :2], four[:, :, :2])
+    with pytest.raises(ValueError, match="length=3.*holds 2"):
+        both.crop(3)  # layer 0 could, layer 1 cannot: neither changes
+    assert [c.length for c in both.self_attn] == [4, 2]
 
 
 def test_decode_step_follows_the_model_dtype():

@@ -186,6 +186,9 @@ def test_recorded_choices_are_reused_without_measuring(monkeypatch):
     assert L.KernelTuner(choices={key: "torch"}).kernel_for(x, w) == "torch"
     with pytest.raises(ConfigError, match="'mkl'"):
         L.KernelTuner(choices={key: "mkl"})
+    # the decoding step's choices (other kernels, other names) are its to check: recorded, then kept
+    decode = {"decode 1x256x256 float32 cpu nograd t2": "row", "decode-step 2x64x4x256x65 rows 1 t2": "measured"}
+    assert L.KernelTuner(choices={key: "torch", **decode}).choices == {key: "torch", **decode}
 
 
 def test_the_disk_cache_is_keyed_by_machine_and_read_back(tmp_path, monkeypatch):
@@ -199,6 +202,12 @@ def test_the_disk_cache_is_keyed_by_machine_and_read_back(tmp_path, monkeypatch)
     assert not list(tmp_path.glob(".*tmp"))  # written atomically: no temporary left behind
     monkeypatch.setattr(L, "time_candidates", lambda *a, **k: pytest.fail("measured again"))
     assert L.KernelTuner(path=path).kernel_for(x, w) == name
+    decode = {"decode 1x256x256 float32 cpu nograd t2": "row", "decode-step 2x64x4x256x65 rows 1 t2": "measured"}
+    first._write_disk(*next(iter(decode.items())))
+    first._write_disk(*list(decode.items())[1])
+    mkl = {"linear 1x1x1 float32 cpu nograd t2": "mkl"}  # not a kernel here: dropped on reading
+    path.write_text(json.dumps({L.machine_key(): {**json.loads(path.read_text())[L.machine_key()], **mkl}}))
+    assert L.KernelTuner(path=path).choices == {L.KernelTuner.shape_key("linear", x, w, None, False): name, **decode}
     monkeypatch.setattr(L, "machine_key", lambda: "another CPU")  # another machine measures for itself
     assert L.KernelTuner(path=path).choices == {}
     path.write_text("{not json")

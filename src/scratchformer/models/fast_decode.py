@@ -153,9 +153,10 @@ class DecodeStep:
     step sees the weights as they are then. Each matmul is bound, at the first call with a given
     row count, to the kernel ``tuner`` measured fastest for its shape (see
     ``DECODE_KERNELS``; every layer has the same shapes, so the first layer's
-    choice serves all), if a whole step is faster so than with ``F.linear``
-    everywhere (measured too, once per process and model shape). The kernels "copy" and "row"
-    (one new token per row only) read an (in, out) copy of
+    choice serves all). For one new token per row, those choices are kept only if a whole step
+    runs faster with them than with ``F.linear`` everywhere (measured too, once per process for
+    each model shape, batch size and thread count). The kernels "copy" and "row"
+    (offered for one new token per row, or when forced) read an (in, out) copy of
     the weight, taken at binding and owned by the step: it goes when the step
     goes, and a change to the parameters after binding does not show through.
     With gradients enabled every matmul takes ``F.linear`` on the parameters,
@@ -224,7 +225,7 @@ class DecodeStep:
         self.tuner = tuner if tuner is not None else default_tuner()
         self.force = force
         self.copies: dict[int, Tensor] = {}  # id(weight) -> its (in, out) copy, owned by this step
-        self._plans: dict[tuple, _Plan] = {}  # by rows, autocast, grad mode and threads: see _plan
+        self._plans: dict[tuple, _Plan] = {}  # by B, T, autocast, grad mode and threads: see _plan
 
     def __call__(
         self,
@@ -271,12 +272,14 @@ class DecodeStep:
         fused = bias is None and (mask is None or is_causal)  # SDPA's kernel, for layers with impl "fused"
         attend = _Attend(B, T, rope, mask, bias, is_causal, fused)
 
-        key = (B * T, torch.is_autocast_enabled(device.type), torch.is_grad_enabled(), torch.get_num_threads())
+        key = (B, T, torch.is_autocast_enabled(device.type), torch.is_grad_enabled(), torch.get_num_threads())
         plan = self._plans.get(key)
         if plan is None:
             def trial(candidate: _Plan) -> None:  # a run whose keys and values are then forgotten
-                self._blocks(x, cache, attend, candidate)
-                cache.crop(start)
+                try:
+                    self._blocks(x, cache, attend, candidate)
+                finally:
+                    cache.crop(start)
 
             plan = self._plans[key] = self._plan(x, B, trial)
         return self._blocks(x, cache, attend, plan)
@@ -331,20 +334,20 @@ class DecodeStep:
 
     def _plan(self, x: Tensor, B: int, trial: Callable[[_Plan], object]) -> _Plan:
         """Each layer's matmuls (q|k|v, out, up, gate, down) and the head's, bound to their weights
-        on the kernels for rows x (B T, C): each product's fastest alone (``_kind``), kept only if
-        ``trial`` (a whole step) runs faster with them than with ``F.linear`` everywhere. A product
-        timed alone has its weight in the CPU's caches; in a step it competes with every other
-        weight, and a kernel that wins alone can lose there."""
+        on the kernels for rows x (B T, C): each product's fastest alone (``_kind``); for one new
+        token per row, kept only if ``trial`` (a whole step) runs faster with them than with
+        ``F.linear`` everywhere. A product timed alone has its weight in the CPU's caches; in a step
+        it competes with every other weight, and a kernel that wins alone can lose there."""
         grad = torch.is_grad_enabled()  # with gradients on, F.linear on the parameters themselves
         threads = torch.get_num_threads()  # row_linear cuts each weight into one part per thread
-        # kernels on (in, out) copies only for one new token per row: decoding repeats those calls, while
-        # a prompt's runs once, and copying every weight costs more than one call can save
+        # decoding repeats one-token calls: for them, kernels on (in, out) copies and a whole-step trial;
+        # a prompt runs once, and neither copying every weight nor timing whole runs pays for one call
         one_token = x.size(0) == B
         first = self.layers[0]
         kinds = {name: self._kind(x, lin, grad, one_token)
                  for name, lin in (("qkv", first.qkv), ("out", first.out), ("up", first.up), ("down", first.down))}
         kinds["head"] = self._kind(x[:B], self.head, grad, one_token)
-        if self.force is None and any(kind != "torch" for kind in kinds.values()):
+        if one_token and self.force is None and any(kind != "torch" for kind in kinds.values()):
             plain = dict.fromkeys(kinds, "torch")
             made: dict[int, Tensor] = {}  # the trial's (in, out) copies: kept only for the plan that uses them
 
@@ -353,12 +356,14 @@ class DecodeStep:
                         for name, k in (("measured", kinds), ("torch", plain))}
 
             up = first.up.weight.size(0) if first.up is not None else 0
-            key = (f"decode-step {self.n_layer}x{self.d_model}x{up}x{self.head.weight.size(0)} rows {x.size(0)} "
-                   + ",".join(f"{name}={kind}" for name, kind in kinds.items()) + f" t{threads}")
-            if self.tuner.choose(key, candidates, repeats=3) == "torch":
-                kinds = plain
-            else:
+            shape = (f"{self.n_layer}x{self.d_model}x{self.n_head}x{up}{'g' if first.gate is not None else ''}"
+                     f"x{self.head.weight.size(0)}")  # layers, width, heads, feed-forward (g: gated), vocabulary
+            key = (f"decode-step {shape} rows {B} " + ",".join(f"{name}={kind}" for name, kind in kinds.items())
+                   + f" t{threads}")
+            if self.tuner.choose(key, candidates, repeats=3) == "measured":
                 self.copies.update(made)
+            else:  # "torch", or a name this step does not know (a hand-edited kernel cache)
+                kinds = plain
         return self._bind_plan(kinds, threads, self.copies)
 
     def _bind_plan(self, kinds: dict[str, str], threads: int, copies: dict[int, Tensor]) -> _Plan:
@@ -385,8 +390,9 @@ class DecodeStep:
             wt = w.t().contiguous()  # a trial copy, freed after measuring
             return {k: functools.partial(_bound(k, w, b, wt, torch.get_num_threads()), xs) for k in kinds}
 
-        return self.tuner.choose(self.tuner.shape_key("decode" if one_token else "decode-prompt", x, w, b, grad=False),
+        name = self.tuner.choose(self.tuner.shape_key("decode" if one_token else "decode-prompt", x, w, b, grad=False),
                                  candidates)
+        return name if name in kinds else "torch"  # a recorded name this product cannot take: F.linear
 
     @staticmethod
     def _bind(lin: nn.Linear | None, kind: str, parts: int, copies: dict[int, Tensor]) -> Fn | None:

@@ -113,6 +113,10 @@ class ModelCache:
 
     def crop(self, length: int) -> None:
         """Forget every self-attention position from ``length`` on (cross-attention keeps the source)."""
+        held = min((c.length for c in self.self_attn), default=0)
+        if not 0 <= length <= held:  # checked before any layer changes
+            raise ValueError(f"ModelCache.crop(length={length!r}): the cache holds {held} positions; "
+                             f"use 0 <= length <= {held}")
         for c in self.self_attn:
             c.crop(length)
 

@@ -192,6 +192,8 @@ class KVCache:
         if not 0 <= length <= self.length:
             raise ValueError(f"KVCache.crop(length={length!r}): the cache holds {self.length} positions; "
                              f"use 0 <= length <= {self.length}")
+        if self.kv is not None and self.kv.requires_grad:  # autograd may have saved the rest: never write over it
+            self._set_storage(self.kv.narrow(3, 0, length))
         self.length = length
 
     def keys_values(self) -> tuple[Tensor, Tensor]:

@@ -260,9 +260,10 @@ class KernelTuner:
         self.load(choices or {})
 
     def load(self, choices: Mapping[str, str]) -> None:
-        """Take over recorded choices (a resumed run's); an unknown kernel name is an error."""
+        """Take over recorded choices (a resumed run's); an unknown kernel name for a product
+        ``linear`` runs is an error (other keys, e.g. ``DecodeStep``'s, are its users' to check)."""
         for key, name in choices.items():
-            if name not in KERNELS:
+            if _linear_key(key) and name not in KERNELS:
                 raise ConfigError(f"recorded kernel choice {key!r}: {name!r} is not one of {list(KERNELS)} "
                                   "in this PyTorch build; resume on a build that has it")
         self.choices.update(choices)
@@ -333,12 +334,17 @@ class KernelTuner:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"kernel cache {str(self.path)!r} is not valid JSON ({e}); delete it") from None
         mine = data.get(machine_key(), {}) if isinstance(data, dict) else {}
-        return {k: v for k, v in mine.items() if v in KERNELS}
+        return {k: v for k, v in mine.items() if isinstance(v, str) and (v in KERNELS or not _linear_key(k))}
 
     def _write_disk(self, key: str, name: str) -> None:
         data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
         data.setdefault(machine_key(), {})[key] = name
         atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _linear_key(key: str) -> bool:
+    """Whether a choice's key is one of ``KernelTuner.linear``'s (its name must then be in ``KERNELS``)."""
+    return key.startswith("linear ")
 
 
 def _linear_candidates(x: Tensor, weight: Tensor, bias: Tensor | None, grad: bool) -> dict[str, Callable[[], object]]:
