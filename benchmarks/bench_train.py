@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import io
 import json
@@ -74,7 +75,7 @@ from baseline_gpt import BaselineGPT, baseline_optimizer  # noqa: E402
 
 import scratchformer.models.gpt as gpt_module  # noqa: E402
 from scratchformer.models import GPT, GPTConfig  # noqa: E402
-from scratchformer.nn.linear import cpu_model, linear_kernels  # noqa: E402
+from scratchformer.nn.linear import TunedLinear, cpu_model, keep_if_faster, linear_kernels  # noqa: E402
 from scratchformer.nn.norm import LayerNorm, layer_norm_formula  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "src/scratchformer/data/tinyshakespeare.txt"
@@ -197,6 +198,15 @@ def make_step(kind: str, model, opt, compiled: bool = False, autocast: bool = Fa
         def loss_of(b: Batch) -> torch.Tensor:
             return fn(b.x, b.y)
 
+    # as the trainer does after a run's first step: the Linear kernels measured one product at a time
+    # are kept only if the whole forward and backward pass is faster with them (nn.linear.keep_if_faster)
+    tuners = {id(m.tuner): m.tuner for m in model.modules() if isinstance(m, TunedLinear)} if not compiled else {}
+    unchecked = list(tuners.values())
+
+    def forward_backward(b: Batch) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss_of(b).backward()
+
     def step(b: Batch) -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = loss_of(b)
@@ -205,6 +215,9 @@ def make_step(kind: str, model, opt, compiled: bool = False, autocast: bool = Fa
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        while unchecked:
+            keep_if_faster(unchecked.pop(), functools.partial(forward_backward, b))
+            opt.zero_grad(set_to_none=True)
         return loss.item()
 
     return step

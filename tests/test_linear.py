@@ -191,6 +191,28 @@ def test_recorded_choices_are_reused_without_measuring(monkeypatch):
     assert L.KernelTuner(choices={key: "torch", **decode}).choices == {key: "torch", **decode}
 
 
+def test_keep_if_faster_sets_measured_kernels_against_f_linear_once(monkeypatch):
+    """The whole-pass trial runs each way (F.linear forced for one, the force lifted after); "torch"
+    winning sends every product, measured or not yet, to F.linear; the outcome is recorded and
+    then returned unmeasured; with nothing but F.linear chosen there is nothing to time."""
+    key = L.KernelTuner.shape_key("linear", torch.randn(64, 256), torch.randn(256, 256), None, grad=False)
+    forces = []
+    monkeypatch.setattr(L, "time_candidates",
+                        lambda c, **kw: [f() for f in c.values()] and {"measured": 2.0, "torch": 1.0})
+    tuner = L.KernelTuner(choices={key: "onednn"} if L.onednn_available() else {})
+    trial = lambda: forces.append(tuner.force)  # noqa: E731
+    if not L.onednn_available():
+        assert L.keep_if_faster(tuner, trial) and not forces  # only F.linear here: nothing to compare
+        return
+    assert not L.keep_if_faster(tuner, trial)
+    assert forces == [None, "torch"] and tuner.force is None
+    assert tuner.choices == {key: "torch", L.WHOLE_PASS: "torch"}
+    monkeypatch.setattr(L, "time_candidates", lambda *a, **k: pytest.fail("measured again"))
+    assert tuner.kernel_for(torch.randn(32, 512), torch.randn(512, 512)) == "torch"  # a new shape: unmeasured
+    assert not L.keep_if_faster(tuner, trial)
+    assert L.keep_if_faster(L.KernelTuner(choices={key: "torch"}), trial)
+
+
 def test_the_disk_cache_is_keyed_by_machine_and_read_back(tmp_path, monkeypatch):
     path = tmp_path / "kernels.json"
     x, w = torch.randn(64, 256), torch.randn(256, 256)

@@ -343,7 +343,9 @@ def test_a_resumed_run_reuses_the_recorded_kernel_choices(tmp_path, monkeypatch,
     monkeypatch.setattr(linear_module, "MEASURE_MIN_MACS", 0)
     measured = []
     real = linear_module.time_candidates
-    monkeypatch.setattr(linear_module, "time_candidates", lambda c, **kw: measured.append(1) or real(c, **kw))
+    # products measured one at a time (not the first step's whole-pass check)
+    monkeypatch.setattr(linear_module, "time_candidates",
+                        lambda c, **kw: ("measured" in c or measured.append(1)) and None or real(c, **kw))
     cfg = tiny_config("train.steps=2", "train.checkpoint_every=1", "name=kernels")
     train(cfg)
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "kernels"))
@@ -358,6 +360,60 @@ def test_a_resumed_run_reuses_the_recorded_kernel_choices(tmp_path, monkeypatch,
     assert recorded in loaded
     train_keys = [k for k in recorded if " grad " in k]
     assert train_keys and len(measured) <= len(recorded) - len(train_keys)  # the training shapes: none again
+
+
+def _fake_kernel_timings(monkeypatch, whole_pass_winner: str) -> list[str]:
+    """Every product measured (no size floor) and oneDNN the fastest alone; the first step's
+    whole-pass check says ``whole_pass_winner``. Returns one entry per whole-pass check."""
+    monkeypatch.setattr(linear_module, "MEASURE_MIN_MACS", 0)
+    checks = []
+
+    def fake(candidates, **_):
+        for run in candidates.values():
+            run()
+        if "measured" in candidates:
+            checks.append(whole_pass_winner)
+            return {name: 1.0 if name == whole_pass_winner else 2.0 for name in candidates}
+        return {name: 1.0 if name == "onednn" else 2.0 for name in candidates}
+
+    monkeypatch.setattr(linear_module, "time_candidates", fake)
+    return checks
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
+def test_the_first_steps_kernel_check_leaves_the_run_as_it_would_have_been(tmp_path, monkeypatch, tiny_config,
+                                                                          read_metrics):
+    """The check's forward and backward passes (dropout on) draw from a forked RNG and their
+    gradients are dropped: the run's losses equal, bit for bit, those of a run without the check."""
+    import scratchformer.train.trainer as trainer_module
+
+    def losses(name: str) -> list[float]:
+        run = train(tiny_config("train.steps=4", "model.dropout=0.2", f"name={name}")).run_dir
+        return [r["loss"] for r in read_metrics(run) if r.get("event") == "train"]
+
+    checks = _fake_kernel_timings(monkeypatch, "measured")
+    checked = losses("checked")
+    assert checks == ["measured"]
+    monkeypatch.setattr(trainer_module, "check_kernels", lambda *a: checks.append("skipped"))
+    assert losses("unchecked") == checked and checks[-1] == "skipped"
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
+def test_kernels_slower_in_the_whole_pass_give_way_to_f_linear_and_the_checkpoint_says_so(tmp_path, monkeypatch,
+                                                                                        tiny_config):
+    import scratchformer.models.fast_decode as fd  # noqa: F401 (its kernels are not the trainer's)
+
+    calls = []
+    real = linear_module.onednn_linear
+    monkeypatch.setattr(linear_module, "onednn_linear", lambda *a: calls.append(1) or real(*a))
+    checks = _fake_kernel_timings(monkeypatch, "torch")
+    run = train(tiny_config("train.steps=3", "train.checkpoint_every=1", "name=slower")).run_dir
+    assert checks == ["torch"]
+    recorded = load_checkpoint(latest_checkpoint(run)).state["kernels"]
+    assert recorded and set(recorded.values()) == {"torch"}
+    calls.clear()
+    train(tiny_config("train.steps=4", "train.checkpoint_every=1", "name=slower"), run_dir=run, resume=True)
+    assert not calls and checks == ["torch"]  # the resumed run multiplies on F.linear, and checks nothing
 
 
 def test_the_last_evaluation_is_reused_at_the_end_when_it_saw_the_whole_split(tmp_path, monkeypatch, tiny_config):

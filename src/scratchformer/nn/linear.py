@@ -204,6 +204,11 @@ def _in_transform() -> bool:
     return level is not None and level() is not None
 
 
+WHOLE_PASS = "whole pass"
+"""``KernelTuner.choices`` key of ``keep_if_faster``'s outcome: "measured" (each product's own
+choice) or "torch" (``F.linear`` for every product)."""
+
+
 def time_candidates(candidates: Mapping[str, Callable[[], object]], min_seconds: float = 0.01,
                     min_repeats: int = 5, max_repeats: int = 50) -> dict[str, float]:
     """Median seconds of each zero-argument callable, timed in interleaved rounds (so a burst
@@ -321,9 +326,12 @@ class KernelTuner:
         fast_key = (*shape, torch.get_num_threads())
         name = self._by_shape.get(fast_key)
         if name is None:
-            key = self.shape_key("linear", x, weight, bias, grad)
-            name = self._by_shape[fast_key] = self.choose(key, lambda: _linear_candidates(x, weight, bias, grad))
-            self._traced[shape] = name
+            if self.choices.get(WHOLE_PASS) == "torch":  # see keep_if_faster: F.linear everywhere
+                name = "torch"
+            else:
+                key = self.shape_key("linear", x, weight, bias, grad)
+                name = self.choose(key, lambda: _linear_candidates(x, weight, bias, grad))
+            self._by_shape[fast_key] = self._traced[shape] = name
         return name
 
     def _read_disk(self) -> dict[str, str]:
@@ -340,6 +348,35 @@ class KernelTuner:
         data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
         data.setdefault(machine_key(), {})[key] = name
         atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def keep_if_faster(tuner: KernelTuner, trial: Callable[[], object], repeats: int = 3) -> bool:
+    """Keep ``tuner``'s measured kernels only if ``trial`` (say, a whole model's forward and backward,
+    whose products go through ``tuner``) runs faster with them than with ``F.linear`` everywhere, by
+    the tuner's margin; else every product takes ``F.linear`` from now on, shapes not met yet
+    included. The outcome is recorded in ``tuner.choices`` (key ``WHOLE_PASS``: "measured" or
+    "torch"), so a run resumed from them multiplies as before; a recorded outcome is returned as it
+    is. Returns whether the measured kernels were kept. A product timed alone has its operands in
+    the CPU's caches; in a model it shares them with every other, and a kernel that wins alone can
+    lose there."""
+    recorded = tuner.choices.get(WHOLE_PASS)
+    if recorded is not None:
+        return recorded == "measured"
+    others = {key: name for key, name in tuner.choices.items() if _linear_key(key) and name != "torch"}
+    if not others or tuner.force is not None:
+        return True  # nothing measured to set against F.linear (or a forced backend)
+
+    def plain() -> None:
+        tuner.force = "torch"
+        try:
+            trial()
+        finally:
+            tuner.force = None
+
+    outcome = fastest(time_candidates({"measured": trial, "torch": plain}, min_repeats=repeats), "torch",
+                      tuner.margin)
+    tuner.load({WHOLE_PASS: outcome, **(dict.fromkeys(others, "torch") if outcome == "torch" else {})})
+    return outcome == "measured"
 
 
 def _linear_key(key: str) -> bool:
@@ -417,6 +454,7 @@ def linear_kernels(model: nn.Module, backend: str = "auto") -> KernelTuner | Non
 
 
 __all__ = [
-    "BACKENDS", "KERNELS", "KernelTuner", "TunedLinear", "cpu_model", "default_tuner", "fast_linears",
-    "linear_kernels", "machine_key", "onednn_available", "onednn_linear", "row_linear", "row_linear_parts",
+    "BACKENDS", "KERNELS", "WHOLE_PASS", "KernelTuner", "TunedLinear", "cpu_model", "default_tuner",
+    "fast_linears", "keep_if_faster", "linear_kernels", "machine_key", "onednn_available", "onednn_linear", "row_linear",
+    "row_linear_parts",
 ]

@@ -40,7 +40,7 @@ from ..io import WriteError, atomic_write_text, remove_partial_writes, save_json
 from ..errors import CheckpointError, ConfigError, ScratchformerError
 from ..evaluate import HIGHER_IS_BETTER, default_best_metric, eval_splits, finish_metrics, split_sums
 from ..losses import TRAIN_ACCURACY_KEY, LossOutput, batch_tokens, correct_predictions, loss_for, target_count
-from ..nn.linear import KernelTuner, linear_kernels
+from ..nn.linear import KernelTuner, keep_if_faster, linear_kernels
 from ..tasks.base import Batch, Task
 from . import distributed as D
 from .checkpoint import (
@@ -242,7 +242,10 @@ def train_loop(state: TrainState) -> TrainResult:
     try:
         while state.step < tc.steps:
             state.step += 1
-            stats = train_step(state, next_batch(state))
+            batch = next_batch(state)
+            stats = train_step(state, batch)
+            if state.step == 1:  # every product has met its kernel by now (a resumed run reloads the choices)
+                check_kernels(state, batch[0])
             window.add(stats)
             bar.update(1)
             final = state.step == tc.steps
@@ -311,6 +314,29 @@ def train_step(state: TrainState, batch: list[Batch]) -> StepStats:
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     return StepStats(loss=loss, grad_norm=grad_norm, lr=lr, tokens=tokens, targets=global_count, correct=correct)
+
+
+def check_kernels(state: TrainState, batch: Batch) -> None:
+    """After a fresh run's first step: keep the Linear kernels measured one product at a time only if
+    the forward and backward pass of ``batch`` (host tensors) runs faster with them than with
+    ``F.linear`` everywhere (``nn.linear.keep_if_faster``). The trial passes draw from a forked RNG and
+    their gradients are dropped, so the run goes on as if they had not been; checkpoints record the
+    outcome. Skipped where the passes would not show it: several processes (their collectives), a
+    compiled step (traced with the kernels of its first call)."""
+    tc = state.cfg.train
+    if state.kernels is None or state.info.enabled or tc.compile:
+        return
+    b = {k: v.to(state.device) for k, v in batch.items()}
+
+    def forward_backward() -> None:
+        with state.autocast():
+            state.loss_fn(state.train_model, b).loss_sum.backward()
+
+    cuda = [torch.cuda.current_device()] if state.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        kept = keep_if_faster(state.kernels, forward_backward)
+    state.optimizer.zero_grad(set_to_none=True)
+    logger.info("Linear kernels: %s", "measured per product, kept" if kept else "F.linear (faster in the whole step)")
 
 
 def clip_gradients(state: TrainState) -> float:
