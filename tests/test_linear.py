@@ -200,17 +200,29 @@ def test_keep_if_faster_sets_measured_kernels_against_f_linear_once(monkeypatch)
     monkeypatch.setattr(L, "time_candidates",
                         lambda c, **kw: [f() for f in c.values()] and {"measured": 2.0, "torch": 1.0})
     tuner = L.KernelTuner(choices={key: "onednn"} if L.onednn_available() else {})
-    trial = lambda: forces.append(tuner.force)  # noqa: E731
+    big, x = nn.Sequential(nn.Linear(256, 256, bias=False)), torch.randn(64, 256)
+    L.fast_linears(big, tuner)
+
+    def trial():
+        forces.append(tuner.force)
+        with torch.no_grad():
+            big(x)  # the recorded shape: oneDNN, unless forced
+
     if not L.onednn_available():
         assert L.keep_if_faster(tuner, trial) and not forces  # only F.linear here: nothing to compare
         return
     assert not L.keep_if_faster(tuner, trial)
-    assert forces == [None, "torch"] and tuner.force is None
+    assert forces == [None, None, "torch"] and tuner.force is None  # which kernels it takes, then each way
     assert tuner.choices == {key: "torch", L.WHOLE_PASS: "torch"}
     monkeypatch.setattr(L, "time_candidates", lambda *a, **k: pytest.fail("measured again"))
     assert tuner.kernel_for(torch.randn(32, 512), torch.randn(512, 512)) == "torch"  # a new shape: unmeasured
     assert not L.keep_if_faster(tuner, trial)
     assert L.keep_if_faster(L.KernelTuner(choices={key: "torch"}), trial)
+    # measured choices the trial's products do not take (another model's, from a kernel cache): no timing
+    other = L.KernelTuner(choices={key: "onednn"})
+    holder = nn.Sequential(nn.Linear(8, 8))
+    L.fast_linears(holder, other)
+    assert L.keep_if_faster(other, lambda: holder(torch.randn(2, 8))) and L.WHOLE_PASS not in other.choices
 
 
 def test_the_disk_cache_is_keyed_by_machine_and_read_back(tmp_path, monkeypatch):

@@ -343,9 +343,12 @@ def test_a_resumed_run_reuses_the_recorded_kernel_choices(tmp_path, monkeypatch,
     monkeypatch.setattr(linear_module, "MEASURE_MIN_MACS", 0)
     measured = []
     real = linear_module.time_candidates
-    # products measured one at a time (not the first step's whole-pass check)
-    monkeypatch.setattr(linear_module, "time_candidates",
-                        lambda c, **kw: ("measured" in c or measured.append(1)) and None or real(c, **kw))
+    def counted(candidates, **kw):  # products measured one at a time (not the first step's whole-pass check)
+        if "measured" not in candidates:
+            measured.append(1)
+        return real(candidates, **kw)
+
+    monkeypatch.setattr(linear_module, "time_candidates", counted)
     cfg = tiny_config("train.steps=2", "train.checkpoint_every=1", "name=kernels")
     train(cfg)
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "kernels"))
@@ -396,6 +399,25 @@ def test_the_first_steps_kernel_check_leaves_the_run_as_it_would_have_been(tmp_p
     assert checks == ["measured"]
     monkeypatch.setattr(trainer_module, "check_kernels", lambda *a: checks.append("skipped"))
     assert losses("unchecked") == checked and checks[-1] == "skipped"
+
+
+def test_the_kernel_check_times_a_forward_and_backward_pass_of_the_run(monkeypatch, tiny_config):
+    """What the check times: the run's model, forward and backward (every parameter gets a gradient),
+    and the run goes on without those gradients."""
+    import scratchformer.train.trainer as trainer_module
+
+    models, seen = [], []
+    real = losses_module.LOSSES["lm"]
+    monkeypatch.setitem(losses_module.LOSSES, "lm", lambda model, batch: models.append(model) or real(model, batch))
+
+    def spy(tuner, trial):
+        trial()
+        seen.append(all(p.grad is not None for p in models[-1].parameters() if p.requires_grad))
+        return True
+
+    monkeypatch.setattr(trainer_module, "keep_if_faster", spy)
+    train(tiny_config("train.steps=2", "name=spied"))
+    assert seen == [True]
 
 
 @pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no oneDNN linear kernel")
@@ -449,7 +471,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
         return out
 
     monkeypatch.setitem(losses_module.LOSSES, "lm", poisoned)
-    cfg = tiny_config("train.steps=8", "train.checkpoint_every=2", "name=nan")
+    # F.linear: with measured kernels the first step's kernel check may call the loss too
+    cfg = tiny_config("train.steps=8", "train.checkpoint_every=2", "train.linear_backend=torch", "name=nan")
     with pytest.raises(NonFiniteLossError, match="step 5"):
         train(cfg)
     run_dir = tmp_path / "nan"

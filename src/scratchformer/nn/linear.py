@@ -262,6 +262,7 @@ class KernelTuner:
         self.choices: dict[str, str] = dict(self._read_disk()) if self.path is not None else {}
         self._by_shape: dict[tuple, str] = {}  # the same choices by a tuple key: a cheaper look-up per call
         self._traced: dict[tuple, str] = {}  # by shape alone, for torch.compile (which cannot read the thread count)
+        self.seen: set[str] | None = None  # while keep_if_faster watches: the kernels products take
         self.load(choices or {})
 
     def load(self, choices: Mapping[str, str]) -> None:
@@ -325,6 +326,8 @@ class KernelTuner:
             return self._traced.get(shape, "torch")
         fast_key = (*shape, torch.get_num_threads())
         name = self._by_shape.get(fast_key)
+        if self.seen is not None:
+            self.seen.add(name if name is not None else "new")
         if name is None:
             if self.choices.get(WHOLE_PASS) == "torch":  # see keep_if_faster: F.linear everywhere
                 name = "torch"
@@ -364,7 +367,14 @@ def keep_if_faster(tuner: KernelTuner, trial: Callable[[], object], repeats: int
         return recorded == "measured"
     others = {key: name for key, name in tuner.choices.items() if _linear_key(key) and name != "torch"}
     if not others or tuner.force is not None:
-        return True  # nothing measured to set against F.linear (or a forced backend)
+        return True  # nothing measured but F.linear (or a forced backend)
+    tuner.seen = set()  # the kernels the trial's products take (kernel_for notes them)
+    try:
+        trial()
+    finally:
+        seen, tuner.seen = tuner.seen, None
+    if seen <= {"torch"}:
+        return True  # every product the trial runs takes F.linear already: nothing to compare
 
     def plain() -> None:
         tuner.force = "torch"

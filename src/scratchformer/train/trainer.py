@@ -40,7 +40,7 @@ from ..io import WriteError, atomic_write_text, remove_partial_writes, save_json
 from ..errors import CheckpointError, ConfigError, ScratchformerError
 from ..evaluate import HIGHER_IS_BETTER, default_best_metric, eval_splits, finish_metrics, split_sums
 from ..losses import TRAIN_ACCURACY_KEY, LossOutput, batch_tokens, correct_predictions, loss_for, target_count
-from ..nn.linear import KernelTuner, keep_if_faster, linear_kernels
+from ..nn.linear import WHOLE_PASS, KernelTuner, keep_if_faster, linear_kernels
 from ..tasks.base import Batch, Task
 from . import distributed as D
 from .checkpoint import (
@@ -321,10 +321,11 @@ def check_kernels(state: TrainState, batch: Batch) -> None:
     the forward and backward pass of ``batch`` (host tensors) runs faster with them than with
     ``F.linear`` everywhere (``nn.linear.keep_if_faster``). The trial passes draw from a forked RNG and
     their gradients are dropped, so the run goes on as if they had not been; checkpoints record the
-    outcome. Skipped where the passes would not show it: several processes (their collectives), a
-    compiled step (traced with the kernels of its first call)."""
+    outcome. Only on the CPU (elsewhere every product takes ``F.linear``), and skipped where the
+    passes would not show it: several processes (their collectives), a compiled step (traced with
+    the kernels of its first call)."""
     tc = state.cfg.train
-    if state.kernels is None or state.info.enabled or tc.compile:
+    if state.kernels is None or state.info.enabled or tc.compile or state.device.type != "cpu":
         return
     b = {k: v.to(state.device) for k, v in batch.items()}
 
@@ -332,11 +333,13 @@ def check_kernels(state: TrainState, batch: Batch) -> None:
         with state.autocast():
             state.loss_fn(state.train_model, b).loss_sum.backward()
 
-    cuda = [torch.cuda.current_device()] if state.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        kept = keep_if_faster(state.kernels, forward_backward)
+    with torch.random.fork_rng(devices=[]):  # the CPU's generator: dropout in the trial draws from a copy
+        keep_if_faster(state.kernels, forward_backward)
     state.optimizer.zero_grad(set_to_none=True)
-    logger.info("Linear kernels: %s", "measured per product, kept" if kept else "F.linear (faster in the whole step)")
+    outcome = state.kernels.choices.get(WHOLE_PASS)
+    if outcome is not None:
+        logger.info("Linear kernels: %s", {"measured": "each product's own, faster in the whole pass",
+                                           "torch": "F.linear, faster in the whole pass"}.get(outcome, outcome))
 
 
 def clip_gradients(state: TrainState) -> float:
