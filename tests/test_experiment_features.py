@@ -368,3 +368,17 @@ def test_nanogpt_reference_falls_back_to_the_stored_figure_naming_the_machine(tm
     assert section.metrics["time ratio"] in (0.4, pytest.approx(40 / 149))
     assert "stored figure" in section.markdown and "--nanogpt" in section.markdown
     assert ("met" in section.markdown) and section.metrics["ours val loss"] == 1.85
+
+
+def test_the_initial_loss_evaluation_scores_a_fresh_model_built_from_the_runs_config(tiny_run):
+    """initial_loss: the run's architecture and config, freshly initialised from its seed, scored on
+    the split (through the public build_model); a small initialisation is near ln V."""
+    import scratchformer.experiments.tutorial_evaluations  # noqa: F401 (registers the evaluation)
+    from scratchformer.experiments.evaluations import EVALUATIONS, RunContext
+    from scratchformer.train.run import read_run_config
+
+    cfg = read_run_config(tiny_run)
+    ctx = RunContext(run_dir=tiny_run, variant="v", seed=cfg.seed, config=cfg, quick=True)
+    metrics = EVALUATIONS["initial_loss"].fn(ctx, max_examples=64).metrics
+    assert metrics["ln V"] == pytest.approx(math.log(ctx.task().tokenizer.vocab_size))
+    assert abs(metrics["initial loss"] - metrics["ln V"]) < 0.1

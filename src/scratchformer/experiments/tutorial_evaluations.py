@@ -206,14 +206,14 @@ def initial_loss(ctx: RunContext, split: str = "val", max_examples: int = 256,
     import torch
 
     from ..evaluate import evaluate_split
-    from ..train.run import _construct, model_classes, model_config_for
+    from ..train.run import build_model
 
     if _skip(ctx, variants):
         return Outcome()
     task = ctx.task()
     cfg = ctx.config
     torch.manual_seed(cfg.seed)
-    model = _construct(model_classes(cfg.arch)[0], model_config_for(cfg.arch, cfg.given_model_options(), task))
+    model, _ = build_model({"arch": cfg.arch, **cfg.given_model_options()}, task)
     loss = evaluate_split(model, task, split, max_examples=max_examples)["loss"]
     return Outcome(metrics={"initial loss": loss, "ln V": math.log(task.tokenizer.vocab_size)})
 
