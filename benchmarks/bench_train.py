@@ -200,8 +200,8 @@ def make_step(kind: str, model, opt, compiled: bool = False, autocast: bool = Fa
 
     # as the trainer does after a run's first step: the Linear kernels measured one product at a time
     # are kept only if the whole forward and backward pass is faster with them (nn.linear.keep_if_faster)
-    tuners = {id(m.tuner): m.tuner for m in model.modules() if isinstance(m, TunedLinear)} if not compiled else {}
-    unchecked = list(tuners.values())
+    tuners = {id(m.tuner): m.tuner for m in model.modules() if isinstance(m, TunedLinear)}
+    unchecked = [] if compiled else list(tuners.values())  # a compiled step keeps the kernels it traced
 
     def forward_backward(b: Batch) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):

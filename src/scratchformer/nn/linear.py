@@ -465,6 +465,6 @@ def linear_kernels(model: nn.Module, backend: str = "auto") -> KernelTuner | Non
 
 __all__ = [
     "BACKENDS", "KERNELS", "WHOLE_PASS", "KernelTuner", "TunedLinear", "cpu_model", "default_tuner",
-    "fast_linears", "keep_if_faster", "linear_kernels", "machine_key", "onednn_available", "onednn_linear", "row_linear",
-    "row_linear_parts",
+    "fast_linears", "keep_if_faster", "linear_kernels", "machine_key", "onednn_available", "onednn_linear",
+    "row_linear", "row_linear_parts",
 ]
